@@ -1,0 +1,1 @@
+"""Prefect tasks, one module per pipeline stage; plain functions do the work, thin @task wrappers orchestrate it."""

@@ -1,0 +1,438 @@
+"""The observations and forecasts tables: one schema on SQLite and PostgreSQL, every write one transaction.
+
+Writes are idempotent upserts (schedulers may start the same run twice) and never row by row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    select,
+    tuple_,
+)
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+
+SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timestamps stored in UTC on every backend and always read back timezone-aware.
+
+    SQLite has no timezone type, so values go in as naive UTC there; PostgreSQL gets timestamptz.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+metadata = MetaData()
+
+schema_info = Table(
+    "seqcast_schema",
+    metadata,
+    Column("version", Integer, nullable=False),
+)
+
+observations = Table(
+    "observations",
+    metadata,
+    Column("series_id", Text, primary_key=True),
+    Column("ts", UTCDateTime, primary_key=True),
+    Column("value", Double, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+forecasts = Table(
+    "forecasts",
+    metadata,
+    Column("series_id", Text, primary_key=True),
+    Column("origin_ts", UTCDateTime, primary_key=True),
+    Column("target_ts", UTCDateTime, primary_key=True),
+    Column("model_name", Text, primary_key=True),
+    Column("model_version", Text, primary_key=True),
+    Column("step", Integer, nullable=False),
+    Column("point", Double, nullable=False),
+    Column("lower", Double, nullable=True),
+    Column("upper", Double, nullable=True),
+    Column("mlflow_run_id", Text, nullable=False),
+    Column("flow_run_id", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_forecasts_series_target", "series_id", "target_ts"),
+)
+
+OBSERVATION_COLUMNS = ["series_id", "ts", "value"]
+FORECAST_COLUMNS = [
+    "series_id",
+    "origin_ts",
+    "target_ts",
+    "step",
+    "point",
+    "lower",
+    "upper",
+    "model_name",
+    "model_version",
+    "mlflow_run_id",
+    "flow_run_id",
+    "created_at",
+]
+
+_engines: dict[str, Engine] = {}
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer seqcast than this one."""
+
+
+def get_engine(url: str) -> Engine:
+    """An engine for `url` with the seqcast tables created; one engine per URL per process."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        ensure_schema(engine)
+        _engines[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, and processes that fork)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the tables on first use and record the schema version; refuse a newer schema."""
+    with engine.begin() as conn:
+        metadata.create_all(conn, checkfirst=True)
+        version = conn.execute(select(schema_info.c.version)).scalar()
+        if version is None:
+            conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+        elif version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"database schema version {version} is newer than this seqcast ({SCHEMA_VERSION}); upgrade seqcast"
+            )
+        # Migrations from older versions go here, keyed on `version`.
+
+
+def run_in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = 3) -> T:
+    """Run `work` in one transaction, retrying the whole transaction if the connection drops."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise NotImplementedError(f"seqcast supports SQLite and PostgreSQL, not {conn.dialect.name}")
+
+
+def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], batch_size: int = 5000) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE in batches; rows must not repeat a key."""
+    if not rows:
+        return
+    keys = [c.name for c in table.primary_key.columns]
+    stmt = _insert(conn, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+    )
+    for start in range(0, len(rows), batch_size):
+        conn.execute(stmt, rows[start : start + batch_size])
+
+
+def _to_datetimes(values: pd.Series) -> list[dt.datetime]:
+    """UTC-aware Python datetimes from a datetime column (naive means UTC)."""
+    ts = pd.to_datetime(values)
+    ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+    return list(ts.dt.to_pydatetime())
+
+
+@dataclass
+class SeriesWriteSummary:
+    series_id: str
+    new: int
+    updated: int
+    unchanged: int
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+
+@dataclass
+class WriteSummary:
+    """What an observations upsert did, per series."""
+
+    series: list[SeriesWriteSummary] = field(default_factory=list)
+
+    @property
+    def new(self) -> int:
+        return sum(s.new for s in self.series)
+
+    @property
+    def updated(self) -> int:
+        return sum(s.updated for s in self.series)
+
+    @property
+    def unchanged(self) -> int:
+        return sum(s.unchanged for s in self.series)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([vars(s) for s in self.series])
+
+
+def upsert_observations(engine: Engine, frame: pd.DataFrame) -> WriteSummary:
+    """Write validated observations in one transaction: new rows inserted, changed values replaced.
+
+    `frame` has columns series_id, ts, value and no repeated (series_id, ts). Unchanged rows are not
+    rewritten, so re-ingesting the same file changes nothing (not even updated_at).
+    """
+    frame = frame[OBSERVATION_COLUMNS].copy()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+
+    def work(conn: Connection) -> WriteSummary:
+        existing = _read_existing(conn, frame)
+        merged = frame.merge(existing, on=["series_id", "ts"], how="left", suffixes=("", "_old"))
+        is_new = merged["value_old"].isna().to_numpy()
+        is_changed = ~is_new & (merged["value"].to_numpy() != merged["value_old"].to_numpy())
+        to_write = merged.loc[is_new | is_changed, OBSERVATION_COLUMNS]
+        now = dt.datetime.now(dt.UTC)
+        rows = [
+            {"series_id": s, "ts": t, "value": float(v), "updated_at": now}
+            for s, t, v in zip(
+                to_write["series_id"].tolist(),
+                _to_datetimes(to_write["ts"]),
+                to_write["value"].tolist(),
+                strict=True,
+            )
+        ]
+        _upsert(conn, observations, rows)
+        summary = WriteSummary()
+        merged["_new"] = is_new
+        merged["_changed"] = is_changed
+        for series_id, part in merged.groupby("series_id", sort=True):
+            new = int(part["_new"].sum())
+            updated = int(part["_changed"].sum())
+            summary.series.append(
+                SeriesWriteSummary(
+                    series_id=str(series_id),
+                    new=new,
+                    updated=updated,
+                    unchanged=len(part) - new - updated,
+                    start=part["ts"].min(),
+                    end=part["ts"].max(),
+                )
+            )
+        return summary
+
+    return run_in_transaction(engine, work)
+
+
+def _read_existing(conn: Connection, frame: pd.DataFrame) -> pd.DataFrame:
+    """Stored values for the series and time span that `frame` covers."""
+    parts = []
+    for series_id, part in frame.groupby("series_id", sort=False):
+        start, end = part["ts"].min().to_pydatetime(), part["ts"].max().to_pydatetime()
+        query = select(observations.c.ts, observations.c.value).where(
+            observations.c.series_id == series_id,
+            observations.c.ts >= start,
+            observations.c.ts <= end,
+        )
+        rows = conn.execute(query).all()
+        if rows:
+            ts, values = zip(*rows, strict=True)
+            parts.append(
+                pd.DataFrame(
+                    {"series_id": series_id, "ts": pd.to_datetime(list(ts), utc=True), "value": list(values)}
+                )
+            )
+    if not parts:
+        return pd.DataFrame(
+            {
+                "series_id": pd.Series(dtype=object),
+                "ts": pd.Series(dtype="datetime64[us, UTC]"),
+                "value": pd.Series(dtype=float),
+            }
+        )
+    out = pd.concat(parts, ignore_index=True)
+    out["ts"] = out["ts"].astype(frame["ts"].dtype)
+    return out
+
+
+def read_observations(
+    engine: Engine,
+    series_ids: Sequence[str] | None = None,
+    start: pd.Timestamp | dt.datetime | None = None,
+    end: pd.Timestamp | dt.datetime | None = None,
+) -> pd.DataFrame:
+    """Observations sorted by (series_id, ts), ts UTC-aware; `end` is inclusive (the as-of rule: ts <= end)."""
+    query = select(observations.c.series_id, observations.c.ts, observations.c.value)
+    if series_ids is not None:
+        query = query.where(observations.c.series_id.in_(list(series_ids)))
+    if start is not None:
+        query = query.where(observations.c.ts >= pd.Timestamp(start).to_pydatetime())
+    if end is not None:
+        query = query.where(observations.c.ts <= pd.Timestamp(end).to_pydatetime())
+    query = query.order_by(observations.c.series_id, observations.c.ts)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    if not rows:
+        return pd.DataFrame(
+            {
+                "series_id": pd.Series(dtype=object),
+                "ts": pd.Series(dtype="datetime64[us, UTC]"),
+                "value": pd.Series(dtype=float),
+            }
+        )
+    series, ts, values = zip(*rows, strict=True)
+    return pd.DataFrame(
+        {
+            "series_id": np.asarray(series, dtype=object),
+            "ts": pd.to_datetime(list(ts), utc=True),
+            "value": np.asarray(values, dtype=float),
+        }
+    )
+
+
+def list_series(engine: Engine) -> list[str]:
+    """Every series id in the observations table, sorted."""
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(select(observations.c.series_id).distinct().order_by("series_id"))]
+
+
+def upsert_forecasts(engine: Engine, frame: pd.DataFrame) -> int:
+    """Write forecasts in one transaction, replacing rows with the same key; returns rows written.
+
+    The key is (series_id, origin_ts, target_ts, model_name, model_version): rerunning a forecast
+    replaces its rows, never duplicates them, and a failure leaves no partial rows.
+    """
+    frame = frame.drop_duplicates(
+        subset=["series_id", "origin_ts", "target_ts", "model_name", "model_version"], keep="last"
+    )
+    rows = forecast_rows(frame)
+    return run_in_transaction(engine, lambda conn: (_upsert(conn, forecasts, rows), len(rows))[1])
+
+
+def forecast_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Plain Python rows for the forecasts table from a frame with FORECAST_COLUMNS."""
+    n = len(frame)
+    if n == 0:
+        return []
+    created = frame["created_at"] if "created_at" in frame else pd.Series([pd.Timestamp.now(tz="UTC")] * n)
+    columns: dict[str, list[Any]] = {
+        "series_id": frame["series_id"].astype(str).tolist(),
+        "origin_ts": _to_datetimes(frame["origin_ts"]),
+        "target_ts": _to_datetimes(frame["target_ts"]),
+        "step": frame["step"].astype(int).tolist(),
+        "point": frame["point"].astype(float).tolist(),
+        "lower": _nullable_floats(frame.get("lower"), n),
+        "upper": _nullable_floats(frame.get("upper"), n),
+        "model_name": frame["model_name"].astype(str).tolist(),
+        "model_version": frame["model_version"].astype(str).tolist(),
+        "mlflow_run_id": frame["mlflow_run_id"].astype(str).tolist(),
+        "flow_run_id": [None if pd.isna(v) else str(v) for v in frame.get("flow_run_id", [None] * n)],
+        "created_at": _to_datetimes(pd.Series(created)),
+    }
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _nullable_floats(values: pd.Series | None, n: int) -> list[float | None]:
+    if values is None:
+        return [None] * n
+    return [None if pd.isna(v) else float(v) for v in values.tolist()]
+
+
+def read_forecasts(
+    engine: Engine,
+    series_ids: Sequence[str] | None = None,
+    origins: Sequence[pd.Timestamp] | None = None,
+    model_name: str | None = None,
+) -> pd.DataFrame:
+    """Forecast rows sorted by series, origin and target; timestamps UTC-aware."""
+    query = select(*[forecasts.c[name] for name in FORECAST_COLUMNS])
+    if series_ids is not None:
+        query = query.where(forecasts.c.series_id.in_(list(series_ids)))
+    if origins is not None:
+        query = query.where(forecasts.c.origin_ts.in_([pd.Timestamp(o).to_pydatetime() for o in origins]))
+    if model_name is not None:
+        query = query.where(forecasts.c.model_name == model_name)
+    query = query.order_by(forecasts.c.series_id, forecasts.c.origin_ts, forecasts.c.target_ts)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    frame = pd.DataFrame(rows, columns=FORECAST_COLUMNS)
+    for name in ("origin_ts", "target_ts", "created_at"):
+        frame[name] = pd.to_datetime(frame[name], utc=True)
+    return frame
+
+
+def existing_forecast_origins(
+    engine: Engine, model_name: str, model_version: str, series_ids: Sequence[str]
+) -> set[tuple[str, pd.Timestamp]]:
+    """(series_id, origin_ts) pairs already forecast by this model version; lets a backfill resume."""
+    query = (
+        select(forecasts.c.series_id, forecasts.c.origin_ts)
+        .where(
+            forecasts.c.model_name == model_name,
+            forecasts.c.model_version == model_version,
+            tuple_(forecasts.c.series_id).in_([(s,) for s in series_ids]),
+        )
+        .distinct()
+    )
+    with engine.connect() as conn:
+        return {(s, pd.Timestamp(o)) for s, o in conn.execute(query).all()}
