@@ -297,9 +297,7 @@ def _read_existing(conn: Connection, frame: pd.DataFrame) -> pd.DataFrame:
         if rows:
             ts, values = zip(*rows, strict=True)
             parts.append(
-                pd.DataFrame(
-                    {"series_id": series_id, "ts": pd.to_datetime(list(ts), utc=True), "value": list(values)}
-                )
+                pd.DataFrame({"series_id": series_id, "ts": pd.to_datetime(list(ts), utc=True), "value": list(values)})
             )
     if not parts:
         return pd.DataFrame(

@@ -1,4 +1,4 @@
-"""Shared fixtures: real stores only (SQLite files, the running PostgreSQL, MLflow in a temp folder, Prefect's harness)."""
+"""Shared fixtures: real stores only (SQLite, the running PostgreSQL, MLflow in a temp folder, Prefect harness)."""
 
 from __future__ import annotations
 
