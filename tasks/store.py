@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+from prefect import task
 from sqlalchemy import (
     Column,
     DateTime,
@@ -363,7 +364,12 @@ def upsert_forecasts(engine: Engine, frame: pd.DataFrame) -> int:
         subset=["series_id", "origin_ts", "target_ts", "model_name", "model_version"], keep="last"
     )
     rows = forecast_rows(frame)
-    return run_in_transaction(engine, lambda conn: (_upsert(conn, forecasts, rows), len(rows))[1])
+
+    def work(conn: Connection) -> int:
+        _upsert(conn, forecasts, rows)
+        return len(rows)
+
+    return run_in_transaction(engine, work)
 
 
 def forecast_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -434,3 +440,30 @@ def existing_forecast_origins(
     )
     with engine.connect() as conn:
         return {(s, pd.Timestamp(o)) for s, o in conn.execute(query).all()}
+
+
+def _is_connection_error(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry only when the database could not be reached, not on bad data or a schema problem."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    try:
+        state.result()
+    except (OperationalError, InterfaceError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=_is_connection_error)
+def read_observations_task(
+    url: str, series_ids: list[str] | None = None, end: pd.Timestamp | dt.datetime | None = None
+) -> pd.DataFrame:
+    """Observations with ts <= `end` (the as-of rule) for the training, forecast and backfill flows."""
+    return read_observations(get_engine(url), series_ids=series_ids, end=end)
+
+
+@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=_is_connection_error)
+def upsert_forecasts_task(url: str, frame: pd.DataFrame) -> int:
+    """Write a run's forecasts in one transaction (retried whole if the database drops)."""
+    return upsert_forecasts(get_engine(url), frame)

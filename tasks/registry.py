@@ -1,0 +1,310 @@
+"""MLflow: experiment set-up, run logging, registration and champion gating, loading by alias or version.
+
+Runs are addressed by id (never the fluent "active run"), so tasks can log from any thread.
+Registering is idempotent: a run that already has a version gets it back instead of a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from prefect import task
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from models.packaging import LoadedForecaster
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_ARTIFACT = "model"
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot give what was asked (no champion, unknown version, unreachable server)."""
+
+
+def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
+    """Point MLflow at `tracking_uri` and return the id of `experiment`, creating it on first use.
+
+    On an embedded store the experiment's artifacts go to `artifact_root`; a tracking server decides itself.
+    """
+    import mlflow
+
+    # bounded retries so an unreachable server fails in seconds, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return str(found.experiment_id)
+    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    location = artifact_root.resolve().as_uri() if (artifact_root is not None and local) else None
+    try:
+        return str(client.create_experiment(experiment, artifact_location=location))
+    except Exception:
+        # another process created it between our look-up and create
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def get_client() -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def git_commit() -> str | None:
+    """The commit of the working tree seqcast runs from, when it is a git checkout."""
+    try:
+        out = subprocess.run(  # noqa: S603
+            ["git", "rev-parse", "HEAD"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def start_run(experiment_id: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+    """Create a run (a child run when `parent_run_id` is given) and return its id."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    all_tags = {MLFLOW_RUN_NAME: run_name, **tags}
+    if parent_run_id is not None:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = get_client().create_run(experiment_id, tags=all_tags, run_name=run_name)
+    return str(run.info.run_id)
+
+
+def end_run(run_id: str, failed: bool = False) -> None:
+    get_client().set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log a flat dict of params; nested values are written as JSON."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in params.items()]
+    get_client().log_batch(run_id, params=items)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log finite metrics in one call; NaN/inf values are skipped (MLflow would refuse the batch)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if math.isfinite(float(v))]
+    get_client().log_batch(run_id, metrics=items)
+
+
+def epoch_logger(run_id: str) -> Callable[[dict[str, float]], None]:
+    """A training callback that logs each epoch's losses to the run, step = epoch."""
+
+    def on_epoch(record: dict[str, float]) -> None:
+        metrics = {k: v for k, v in record.items() if k != "epoch"}
+        log_metrics(run_id, metrics, step=int(record["epoch"]))
+
+    return on_epoch
+
+
+def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+    client = get_client()
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_dataset(run_id: str, frame: pd.DataFrame, name: str, source: str) -> str:
+    """Log the training frame as an MLflow dataset input (name, digest, schema); returns its digest."""
+    from mlflow.data.pandas_dataset import from_pandas
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    dataset = from_pandas(frame, source=source, name=name, targets="value")
+    entity = dataset._to_mlflow_entity()
+    get_client().log_inputs(
+        run_id, datasets=[DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
+    )
+    return str(dataset.digest)
+
+
+def log_forecaster(run_id: str, model_dir: Path, input_example: pd.DataFrame) -> str:
+    """Log a saved forecaster folder as an MLflow pyfunc model in `run_id`; returns its model URI.
+
+    Loading it back with `mlflow.pyfunc.load_model` gives forecasts in original units from a frame of
+    recent observations (series_id, ts, value): scaler and config travel with the weights.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from models.packaging import SeqcastForecaster, forecast_frame, load_forecaster
+
+    output_example = forecast_frame(load_forecaster(model_dir), input_example)
+    signature = infer_signature(input_example, output_example)
+    requirements = [f"torch=={_version('torch')}", f"pandas=={_version('pandas')}", f"mlflow=={_version('mlflow')}"]
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=SeqcastForecaster(),
+            artifacts={"forecaster": str(model_dir)},
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=requirements,
+        )
+    return str(info.model_uri)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package).split("+")[0]
+
+
+def find_version(name: str, run_id: str) -> ModelVersion | None:
+    """The registered version of `name` made from `run_id`, if a previous attempt registered it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = get_client().search_model_versions(f"name = '{_quote(name)}' and run_id = '{_quote(run_id)}'")
+    except MlflowException:
+        return None
+    return versions[0] if versions else None
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def register_model(name: str, model_uri: str, run_id: str, tags: dict[str, str] | None = None) -> ModelVersion:
+    """A new version of registered model `name` for `run_id`, or the one an earlier attempt made."""
+    import mlflow
+
+    existing = find_version(name, run_id)
+    if existing is not None:
+        return existing
+    return mlflow.register_model(model_uri, name, tags=tags)
+
+
+def get_alias(name: str, alias: str) -> ModelVersion | None:
+    """The version behind `alias`, or None when the model or the alias does not exist (any store)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return get_client().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        code = str(getattr(exc, "error_code", ""))
+        if code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"} or "not found" in str(exc):
+            return None
+        raise
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(
+    candidate_mase: float, seasonal_naive_mase: float, champion_mase: float | None
+) -> PromotionDecision:
+    """Champion only if the candidate beats seasonal naive and, when there is one, the current champion."""
+    if not math.isfinite(candidate_mase):
+        return PromotionDecision(False, f"candidate test MASE is {candidate_mase}")
+    if candidate_mase >= seasonal_naive_mase:
+        return PromotionDecision(
+            False, f"candidate MASE {candidate_mase:.4f} does not beat seasonal naive {seasonal_naive_mase:.4f}"
+        )
+    if champion_mase is not None and candidate_mase >= champion_mase:
+        return PromotionDecision(
+            False, f"candidate MASE {candidate_mase:.4f} does not beat champion {champion_mase:.4f} on the same windows"
+        )
+    if champion_mase is None:
+        return PromotionDecision(
+            True, f"first champion: MASE {candidate_mase:.4f} beats seasonal naive {seasonal_naive_mase:.4f}"
+        )
+    return PromotionDecision(
+        True,
+        f"MASE {candidate_mase:.4f} beats champion {champion_mase:.4f} and seasonal naive {seasonal_naive_mase:.4f}",
+    )
+
+
+def apply_decision(name: str, version: str, decision: PromotionDecision) -> str:
+    """Move `champion` (or `challenger`) to `version` and record why on the version; returns the alias set."""
+    client = get_client()
+    alias = CHAMPION if decision.promote else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, "promotion", "champion" if decision.promote else "rejected")
+    client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+    return alias
+
+
+def resolve_version(name: str, alias: str | None = None, version: str | None = None) -> ModelVersion:
+    """Pin the version to use once, so a run keeps it even if the alias moves meanwhile."""
+    from mlflow.exceptions import MlflowException
+
+    if version is not None:
+        try:
+            return get_client().get_model_version(name, str(version))
+        except MlflowException as exc:
+            raise RegistryError(f"registered model '{name}' has no version {version}: {exc.message}") from exc
+    alias = alias or CHAMPION
+    found = get_alias(name, alias)
+    if found is None:
+        raise RegistryError(
+            f"registered model '{name}' has no '{alias}' alias yet; run `seqcast train` (or `seqcast demo`) first"
+        )
+    return found
+
+
+@contextmanager
+def downloaded_model(name: str, version: str) -> Iterator[Path]:
+    """The forecaster folder of a registered version, downloaded to a temporary folder."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="seqcast-model-") as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
+        yield root / "artifacts" / "forecaster"
+
+
+def load_version(name: str, version: str, device: str = "cpu") -> LoadedForecaster:
+    """Load a registered version's forecaster (sha256-checked weights) onto `device`."""
+    from models.packaging import load_forecaster
+
+    with downloaded_model(name, version) as folder:
+        return load_forecaster(folder, device=device)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def configure_mlflow_task(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
+    return configure_mlflow(tracking_uri, experiment, artifact_root)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def register_model_task(name: str, model_uri: str, run_id: str) -> str:
+    return str(register_model(name, model_uri, run_id).version)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def apply_decision_task(name: str, version: str, decision: PromotionDecision) -> str:
+    return apply_decision(name, version, decision)
