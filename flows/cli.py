@@ -1,0 +1,190 @@
+"""The `seqcast` command line.
+
+Only click is imported here: pandas, torch, prefect, mlflow and great_expectations are imported inside the command
+that needs them, so `seqcast --help` and a mistyped option answer in well under a second.
+
+To fill in a command, give its function options with click decorators and import its flow inside the body.
+Expected errors end the command with exit code 1 and one message on stderr (no traceback; set SEQCAST_DEBUG=1
+to see one); usage errors exit with 2, as click does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+NOT_IMPLEMENTED_EXIT = 2
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="seqcast", prog_name="seqcast")
+def cli() -> None:
+    """seqcast: LSTM/GRU forecasting pipeline (Prefect flows, MLflow registry, forecasts in SQL).
+
+    Settings come from SEQCAST_* environment variables (SEQCAST_HOME, SEQCAST_DATABASE_URL, ...).
+    """
+
+
+@cli.command("ingest")
+@click.option(
+    "--source",
+    metavar="SOURCE",
+    help="A CSV/Parquet file, folder or quoted glob ('data/*.csv'), sample:electricity|temperature|msft, "
+    "or with --query a SQLAlchemy URL (default for --query: the seqcast database).",
+)
+@click.option("--query", metavar="SQL", help="Read the rows of this SQL query from the --source URL.")
+@click.option("--time-col", metavar="NAME", help="Time column (guessed: ts, timestamp, time, date, datetime, ...).")
+@click.option("--value-col", metavar="NAME", help="Value column (guessed: value, y, target, load, price, close, ...).")
+@click.option("--series-col", metavar="NAME", help="Series id column (guessed: series_id, series, unique_id, ...).")
+@click.option("--series-id", metavar="ID", help="Series id for a source without a series column (default: file stem).")
+@click.option("--tz", metavar="ZONE", help="Time zone of naive timestamps, e.g. Europe/London (default UTC).")
+@click.option(
+    "--gap-policy",
+    type=click.Choice(["fail", "fill"]),
+    default="fail",
+    show_default=True,
+    help="Refuse a series with missing steps, or fill gaps of up to --max-gap-steps by linear interpolation.",
+)
+@click.option(
+    "--max-gap-steps",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Longest gap (missing steps) that --gap-policy fill may fill.",
+)
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="SQLAlchemy URL of the observations database (default: SEQCAST_DATABASE_URL, else SQLite in SEQCAST_HOME).",
+)
+def ingest_command(
+    source: str | None,
+    query: str | None,
+    time_col: str | None,
+    value_col: str | None,
+    series_col: str | None,
+    series_id: str | None,
+    tz: str | None,
+    gap_policy: str,
+    max_gap_steps: int | None,
+    database_url: str | None,
+) -> None:
+    """Validate a source and upsert it into the observations table (nothing is written if validation fails)."""
+    if source is None and query is None:
+        raise click.UsageError("give --source (a file, glob, or sample:NAME), or --query with a --source URL")
+    from tasks.ingest import ingest
+    from tasks.settings import get_settings
+
+    result = ingest(
+        source,
+        database_url or get_settings().db_url,
+        query=query,
+        time_col=time_col,
+        value_col=value_col,
+        series_col=series_col,
+        series_id=series_id,
+        tz=tz,
+        gap_policy="fill" if gap_policy == "fill" else "fail",
+        max_gap_steps=max_gap_steps,
+    )
+    rows = len(result.summary.series)
+    click.echo(
+        f"ingested {result.source} into {result.database}: {result.new} new, {result.updated} updated, "
+        f"{result.unchanged} unchanged ({rows} series"
+        + (f", {result.report.filled_points} points filled" if result.report.filled_points else "")
+        + ")"
+    )
+    width = max([6, *(len(_printable(s.series_id)) for s in result.summary.series)])
+    click.echo(f"  {'series':<{width}}  {'new':>8}  {'updated':>8}  {'unchanged':>9}  {'from':<25}  to")
+    for s in result.summary.series:
+        click.echo(
+            f"  {_printable(s.series_id):<{width}}  {s.new:>8}  {s.updated:>8}  {s.unchanged:>9}  "
+            f"{s.start.isoformat():<25}  {s.end.isoformat()}"
+        )
+    click.echo(f"validation report: {result.report.json_path}")
+
+
+@cli.command("train")
+def train_command() -> None:
+    """Train LSTM and GRU candidates, evaluate them against baselines and the champion, register the better."""
+    _not_implemented("train")
+
+
+@cli.command("demo")
+def demo_command() -> None:
+    """Run the whole pipeline on the embedded stores with sample:electricity (ingest, train, forecast)."""
+    _not_implemented("demo")
+
+
+@cli.command("forecast")
+def forecast_command() -> None:
+    """Write the champion's forecasts to the forecasts table."""
+    _not_implemented("forecast")
+
+
+@cli.command("backfill")
+def backfill_command() -> None:
+    """Forecasts that would have been made at each past origin in a date range, from the data known then."""
+    _not_implemented("backfill")
+
+
+@cli.command("deploy")
+def deploy_command() -> None:
+    """Create the Prefect deployments (nightly training, scheduled forecasts) with their schedules."""
+    _not_implemented("deploy")
+
+
+def _not_implemented(name: str) -> NoReturn:
+    click.echo(f"seqcast {name}: not implemented yet", err=True)
+    raise click.exceptions.Exit(NOT_IMPLEMENTED_EXIT)
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A series id safe for a terminal: control characters escaped, long ids cut."""
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 3]}..."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `seqcast` console script; returns the exit code."""
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="seqcast", standalone_mode=False)
+    except click.ClickException as exc:  # usage errors: click's own message and exit code 2
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if os.environ.get("SEQCAST_DEBUG"):
+            raise
+        click.echo(f"error: {_error_message(exc)}", err=True)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def _error_message(exc: BaseException) -> str:
+    """One message for an error: ours as written, database errors without SQL or passwords, others with their type."""
+    expected = {"DataValidationError", "SourceError", "SchemaVersionError", "RegistryError"}
+    if type(exc).__name__ in expected:
+        return str(exc)
+    if type(exc).__module__.startswith("sqlalchemy"):
+        orig = getattr(exc, "orig", None)
+        detail = str(orig if orig is not None else exc).strip().splitlines()
+        return f"database error ({type(exc).__name__}): {detail[0] if detail else exc!r}"
+    if isinstance(exc, OSError | ValueError):
+        return str(exc) or type(exc).__name__
+    return f"unexpected {type(exc).__name__}: {exc} (set SEQCAST_DEBUG=1 to see the traceback)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

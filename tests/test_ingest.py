@@ -1,0 +1,349 @@
+"""Ingest on real SQLite and PostgreSQL: every bad input is refused with a clear message and writes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import Column, DateTime, Double, MetaData, Table, Text, select
+
+from tasks import store
+from tasks.ingest import SourceError, ingest, load_source, read_source
+from tasks.validate import DataValidationError, read_report
+
+BASELINE = "series_id,ts,value\nbase,2024-01-01T00:00:00Z,1\nbase,2024-01-01T01:00:00Z,2\nbase,2024-01-01T02:00:00Z,3\n"
+GOOD_ROWS = "good,2024-01-01T00:00:00Z,1\ngood,2024-01-01T01:00:00Z,2\n"
+HOSTILE_SQL = "x'); DROP TABLE observations; --"
+HOSTILE_UNICODE = "Zürich \"東京\" ☃ \\ `tick` 🚀 'quoted' ;"
+
+BAD_INPUTS: dict[str, tuple[bytes, str]] = {
+    "missing_value_column": (
+        b"series_id,ts\ngood,2024-01-01T00:00:00Z\n",
+        "required column 'value' is missing and none could be guessed (columns: 'series_id', 'ts')",
+    ),
+    "unparsable_timestamp": (
+        f"series_id,ts,value\n{GOOD_ROWS}bad,2024-01-01T00:00:00Z,1\nbad,tuesday morning,2\n".encode(),
+        "1 of 4 timestamps are missing or cannot be parsed in series 'bad' (1): row 4 series_id='bad' "
+        "ts='tuesday morning'",
+    ),
+    "duplicate_key": (
+        f"series_id,ts,value\n{GOOD_ROWS}bad,2024-01-01T00:00:00Z,1\nbad,2024-01-01T00:00:00Z,2\n".encode(),
+        "2 rows repeat a (series_id, ts) key in series 'bad' (2): row 3",
+    ),
+    "non_numeric_value": (
+        f"series_id,ts,value\n{GOOD_ROWS}bad,2024-01-01T00:00:00Z,12 MW\n".encode(),
+        "1 of 3 values are not numbers in series 'bad' (1): row 3 series_id='bad' ts='2024-01-01T00:00:00Z' "
+        "value='12 MW'",
+    ),
+    "nan_value": (
+        f"series_id,ts,value\n{GOOD_ROWS}bad,2024-01-01T00:00:00Z,NaN\n".encode(),
+        "1 of 3 values are missing or NaN in series 'bad' (1): row 3",
+    ),
+    "infinite_value": (
+        f"series_id,ts,value\n{GOOD_ROWS}bad,2024-01-01T00:00:00Z,-inf\n".encode(),
+        "1 of 3 values are infinite in series 'bad' (1): row 3",
+    ),
+    "empty_file": (b"", "the batch is empty (0 rows)"),
+    "header_only": (b"series_id,ts,value\n", "the batch is empty (0 rows)"),
+    "nul_in_series_id": (
+        f'series_id,ts,value\n{GOOD_ROWS}"bad\x00id",2024-01-01T00:00:00Z,1\n'.encode(),
+        "1 of 3 rows have a NUL byte (\\x00) in the series id in series 'bad\\x00id' (1), which PostgreSQL text",
+    ),
+    "ten_thousand_character_id": (
+        f"series_id,ts,value\n{GOOD_ROWS}{'x' * 10_000},2024-01-01T00:00:00Z,1\n".encode(),
+        "1 of 3 rows have a series id that is empty or longer than 256 characters in series "
+        "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (10000 characters) (1)",
+    ),
+}
+
+
+def _snapshot(url: str) -> list[tuple[Any, ...]]:
+    """Every stored row, updated_at included, so "unchanged" means not even rewritten."""
+    engine = store.get_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(store.observations).order_by(store.observations.c.series_id, "ts")).all()
+    return [tuple(r) for r in rows]
+
+
+def _csv(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+@pytest.fixture
+def baseline(db_url: str, tmp_path: Path, seqcast_home: Path) -> list[tuple[Any, ...]]:
+    """The database holding three rows of series 'base'; returns its snapshot."""
+    result = ingest(str(_csv(tmp_path, "base.csv", BASELINE)), db_url)
+    assert result.new == 3
+    return _snapshot(db_url)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_and_writes_nothing(
+    case: str, db_url: str, tmp_path: Path, baseline: list[tuple[Any, ...]]
+) -> None:
+    content, phrase = BAD_INPUTS[case]
+    path = _csv(tmp_path, f"{case}.csv", content)
+    with pytest.raises(DataValidationError) as info:
+        ingest(str(path), db_url)
+    message = str(info.value)
+    assert phrase in message
+    assert f"validation of {path} failed" in message
+    assert "Traceback" not in message and len(message) < 3000
+    assert _snapshot(db_url) == baseline  # not even the good series of the batch
+    # the GX result of the failed batch is kept on disk
+    report = info.value.report
+    assert report is not None and report.json_path is not None and report.json_path.exists()
+    assert read_report(report.json_path)["success"] is False
+
+
+def test_hostile_series_ids_are_stored_verbatim_and_harm_nothing(
+    db_url: str, tmp_path: Path, baseline: list[tuple[Any, ...]]
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "series_id": [HOSTILE_SQL] * 3 + [HOSTILE_UNICODE] * 3,
+            "ts": [f"2024-01-01T0{h}:00:00Z" for h in range(3)] * 2,
+            "value": [1.5, 2.5, 3.5, -1.0, 0.0, 1.0],
+        }
+    )
+    path = tmp_path / "hostile.csv"
+    frame.to_csv(path, index=False)
+    result = ingest(str(path), db_url)
+    assert result.new == 6
+    assert set(store.list_series(store.get_engine(db_url))) == {"base", HOSTILE_SQL, HOSTILE_UNICODE}
+    stored = store.read_observations(store.get_engine(db_url), series_ids=[HOSTILE_SQL])
+    assert stored["value"].tolist() == [1.5, 2.5, 3.5]
+    assert [r for r in _snapshot(db_url) if r[0] == "base"] == baseline  # the table and its rows are intact
+    again = ingest(str(path), db_url)
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 6)
+
+
+def test_sample_electricity_then_reingest_changes_nothing(db_url: str, seqcast_home: Path) -> None:
+    first = ingest("sample:electricity", db_url)
+    assert (first.new, first.updated, first.unchanged) == (4032, 0, 0)
+    [series] = first.summary.series
+    assert series.series_id == "england_wales_demand"
+    assert series.start == pd.Timestamp("2000-06-05 00:00", tz="UTC")
+    assert series.end == pd.Timestamp("2000-08-27 23:30", tz="UTC")
+    before = _snapshot(db_url)
+    second = ingest("sample:electricity", db_url)
+    assert (second.new, second.updated, second.unchanged) == (0, 0, 4032)
+    assert _snapshot(db_url) == before
+
+
+def test_changed_value_in_a_csv_replaces_the_stored_one(db_url: str, tmp_path: Path, seqcast_home: Path) -> None:
+    path = _csv(tmp_path, "meter.csv", "ts,value\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n2024-01-01 02:00,3\n")
+    assert ingest(str(path), db_url).new == 3
+    path.write_text("ts,value\n2024-01-01 00:00,1\n2024-01-01 01:00,20.5\n2024-01-01 02:00,3\n")
+    result = ingest(str(path), db_url)
+    assert (result.new, result.updated, result.unchanged) == (0, 1, 2)
+    stored = store.read_observations(store.get_engine(db_url), series_ids=["meter"])
+    assert stored["value"].tolist() == [1.0, 20.5, 3.0]
+
+
+def test_sql_query_source(db_url: str, seqcast_home: Path) -> None:
+    staging = Table(
+        "staging_readings",
+        MetaData(),
+        Column("sensor", Text),
+        Column("reading_time", DateTime(timezone=True)),
+        Column("reading", Double),
+    )
+    engine = store.get_engine(db_url)
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    staging.create(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                staging.insert(),
+                [
+                    {"sensor": s, "reading_time": start + dt.timedelta(minutes=15 * i), "reading": i * 1.0}
+                    for s in ("s1", HOSTILE_SQL)
+                    for i in range(8)
+                ],
+            )
+        result = ingest(
+            db_url,
+            db_url,
+            query="SELECT sensor, reading_time, reading FROM staging_readings ORDER BY reading_time",
+            series_col="sensor",
+            time_col="reading_time",
+            value_col="reading",
+        )
+        assert result.new == 16
+        assert result.source.startswith("query on ")
+        assert {s.series_id for s in result.summary.series} == {"s1", HOSTILE_SQL}
+        assert result.report.series[0].freq == "15min"
+        stored = store.read_observations(engine, series_ids=["s1"])
+        assert stored["ts"].iloc[-1] == pd.Timestamp("2024-01-01 01:45", tz="UTC")
+    finally:
+        staging.drop(engine)
+
+
+def test_failing_query_is_a_source_error_and_writes_nothing(db_url: str, baseline: list[tuple[Any, ...]]) -> None:
+    with pytest.raises(SourceError, match=r"query failed on .*; fix the query"):
+        ingest(db_url, db_url, query="SELECT * FROM no_such_table")
+    assert _snapshot(db_url) == baseline
+
+
+def test_gap_fill_policy_writes_filled_points(db_url: str, tmp_path: Path, seqcast_home: Path) -> None:
+    rows = "".join(f"2024-01-01T{h:02d}:00:00Z,{h}\n" for h in range(8) if h not in (3, 4))
+    path = _csv(tmp_path, "gappy.csv", "timestamp,load\n" + rows)
+    with pytest.raises(DataValidationError, match="has 1 gaps, 2 missing steps"):
+        ingest(str(path), db_url)
+    result = ingest(str(path), db_url, gap_policy="fill", max_gap_steps=2)
+    assert result.new == 8 and result.report.filled_points == 2
+    stored = store.read_observations(store.get_engine(db_url), series_ids=["gappy"])
+    assert stored["value"].tolist() == [float(h) for h in range(8)]
+
+
+def test_too_short_series_is_refused(db_url: str, baseline: list[tuple[Any, ...]]) -> None:
+    with pytest.raises(DataValidationError) as info:
+        ingest("sample:electricity", db_url, min_length={"lookback": 4000, "horizon": 48, "test": 96})
+    assert (
+        "series 'england_wales_demand' has 4032 observations; lookback (4000) + horizon (48) + test (96) needs 4144"
+        in str(info.value)
+    )
+    assert _snapshot(db_url) == baseline
+
+
+# --- sources without a database ----------------------------------------------------------------------------------
+
+
+def test_glob_of_files_without_series_column_gives_one_series_per_file(tmp_path: Path) -> None:
+    for name in ("north", "south"):
+        _csv(tmp_path, f"{name}.csv", "Date,Reading\n2024-01-01,1\n2024-01-02,2\n2024-01-03,3\n")
+    frame = load_source(str(tmp_path / "*.csv"))
+    assert sorted(frame["series_id"].unique()) == ["north", "south"]
+    assert len(frame) == 6
+    assert str(frame["ts"].dtype) == "datetime64[us, UTC]"
+
+
+def test_two_column_file_takes_the_other_column_as_value(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "msft.csv", "date,MSFT\n2024-01-01,1\n2024-01-02,2\n")
+    frame = load_source(str(path), series_id="microsoft")
+    assert frame["series_id"].tolist() == ["microsoft", "microsoft"]
+    assert frame["value"].tolist() == [1.0, 2.0]
+
+
+def test_parquet_with_typed_naive_times_and_tz(tmp_path: Path) -> None:
+    path = tmp_path / "plant.parquet"
+    pd.DataFrame(
+        {
+            "meter": [7, 7, 7],
+            "when": pd.date_range("2024-07-01", periods=3, freq="30min"),
+            "kw": [1.0, 2.0, 3.0],
+        }
+    ).to_parquet(path)
+    frame = load_source(str(path), series_col="meter", time_col="when", value_col="kw", tz="Europe/Paris")
+    assert frame["series_id"].tolist() == ["7", "7", "7"]
+    assert frame["ts"].iloc[0] == pd.Timestamp("2024-06-30 22:00", tz="UTC")
+
+
+def test_named_column_that_does_not_exist(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "x.csv", "ts,y\n2024-01-01,1\n")
+    with pytest.raises(DataValidationError, match=r"value_col='load' is not a column of the source .*fix --value-col"):
+        load_source(str(path), value_col="load")
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs", "phrase"),
+    [
+        ("sample:weather", {}, "unknown sample 'sample:weather'; the bundled samples are sample:electricity"),
+        ("nowhere/*.csv", {}, "no file matches the glob 'nowhere/*.csv'"),
+        ("missing.csv", {}, "source file 'missing.csv' does not exist"),
+        ("postgresql://u:secret@h/db", {}, "looks like a database URL; give the rows to read with a query"),
+        ("data.csv", {"query": "select 1"}, "with query, source must be a SQLAlchemy URL"),
+        ("data.csv", {"series_col": "a", "series_id": "b"}, "series_col='a' and series_id='b' both given"),
+    ],
+)
+def test_source_errors_say_the_fix(source: str, kwargs: dict[str, str], phrase: str) -> None:
+    with pytest.raises(SourceError) as info:
+        read_source(source, **kwargs)  # type: ignore[arg-type]
+    assert phrase in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+def test_broken_csv_quoting_is_a_validation_error(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "broken.csv", 'ts,value\n2024-01-01,1\n2024-01-02,"2\n2024-01-03,3,4,5\n')
+    with pytest.raises(DataValidationError, match="cannot parse CSV"):
+        read_source(str(path))
+
+
+# --- Prefect: the flow, the artifact, and which errors are retried -----------------------------------------------
+
+
+@pytest.fixture
+def flow_env(prefect_harness: None, seqcast_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    from tasks.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'flow.db'}"
+    monkeypatch.setenv("SEQCAST_DATABASE_URL", url)
+    get_settings.cache_clear()
+    return url
+
+
+@pytest.mark.integration
+def test_ingest_flow_writes_and_publishes_the_validation_artifact(flow_env: str) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.ingest import ingest_flow
+
+    result = ingest_flow(source="sample:electricity")
+    assert result["new"] == 4032 and result["series"] == 1
+    assert read_report(Path(result["validation_report"]))["success"] is True
+    artifact = Artifact.get("validation-report")
+    assert artifact is not None and "Validation passed: sample:electricity" in str(artifact.data)
+
+
+@pytest.mark.integration
+def test_failed_validation_in_the_flow_runs_once_and_writes_nothing(flow_env: str, tmp_path: Path) -> None:
+    from flows.ingest import ingest_flow
+
+    path = _csv(tmp_path, "bad.csv", "ts,value\n2024-01-01,1\n2024-01-02,abc\n")
+    with pytest.raises(DataValidationError, match="values are not numbers"):
+        ingest_flow(source=str(path))
+    assert _snapshot(flow_env) == []
+
+
+def _run_read_task(**kwargs: Any) -> tuple[int, list[str]]:
+    """Run read_source_task (no retry delay) in a flow; how often it ran and its state names."""
+    from uuid import UUID
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from tasks.ingest import read_source_task
+
+    @flow
+    def probe() -> str:
+        state = read_source_task.with_options(retry_delay_seconds=0)(**kwargs, return_state=True)
+        return str(state.state_details.task_run_id)
+
+    task_run_id = UUID(probe())
+    with get_client(sync_client=True) as client:
+        run = client.read_task_run(task_run_id)
+        states = [s.name for s in client.read_task_run_states(task_run_id)]
+    return run.run_count, states
+
+
+@pytest.mark.integration
+def test_read_source_task_retries_a_database_it_cannot_open(flow_env: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'no-such-folder' / 'x.db'}"
+    runs, states = _run_read_task(source=url, query="select 1")
+    assert runs == 3
+    assert states.count("Retrying") == 2 and states[-1] == "Failed"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["validation", "source"])
+def test_read_source_task_does_not_retry_bad_data_or_a_wrong_source(flow_env: str, tmp_path: Path, kind: str) -> None:
+    source = str(_csv(tmp_path, "b.csv", 'ts,value\n2024-01-01,"1\n2,3,4\n')) if kind == "validation" else "nope.csv"
+    runs, states = _run_read_task(source=source)
+    assert runs == 1
+    assert "Retrying" not in states and states[-1] == "Failed"
