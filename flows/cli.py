@@ -108,16 +108,97 @@ def ingest_command(
     click.echo(f"validation report: {result.report.json_path}")
 
 
+def _train_options(function: Any) -> Any:
+    """Options shared by `train` and `demo`."""
+    options = [
+        click.option(
+            "--cell",
+            "cells",
+            type=click.Choice(["lstm", "gru"]),
+            multiple=True,
+            help="Cell type to train; repeat for both (default: lstm and gru).",
+        ),
+        click.option(
+            "--lookback",
+            type=click.IntRange(min=1),
+            default=336,
+            show_default=True,
+            help="Input steps per window (336 = one week of half-hours).",
+        ),
+        click.option(
+            "--horizon",
+            type=click.IntRange(min=1),
+            default=48,
+            show_default=True,
+            help="Steps forecast at once (48 = one day of half-hours).",
+        ),
+        click.option(
+            "--epochs",
+            "max_epochs",
+            type=click.IntRange(min=1),
+            default=20,
+            show_default=True,
+            help="Most epochs; early stopping on validation loss may stop sooner.",
+        ),
+        click.option("--hidden-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--layers", "num_layers", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="auto: CUDA when present, else CPU.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @cli.command("train")
-def train_command() -> None:
+@_train_options
+@click.option("--series", multiple=True, metavar="ID", help="Train on these series only (repeatable; default all).")
+@click.option("--as-of", type=click.DateTime(), help="Use observations up to this time (UTC; default now).")
+def train_command(series: tuple[str, ...], as_of: Any, cells: tuple[str, ...], **options: Any) -> None:
     """Train LSTM and GRU candidates, evaluate them against baselines and the champion, register the better."""
-    _not_implemented("train")
+    from flows.train import train_flow
+
+    summary = train_flow(series=list(series) or None, cells=list(cells) or None, as_of=as_of, **options)
+    _print_training(summary)
 
 
 @cli.command("demo")
-def demo_command() -> None:
+@_train_options
+@click.option("--source", default="sample:electricity", show_default=True, help="What to ingest first.")
+def demo_command(source: str, cells: tuple[str, ...], **options: Any) -> None:
     """Run the whole pipeline on the embedded stores with sample:electricity (ingest, train, forecast)."""
-    _not_implemented("demo")
+    from flows.demo import demo_flow
+
+    summary = demo_flow(source=source, cells=list(cells) or None, **options)
+    _print_training(summary.training)
+    click.echo("")
+    for line in summary.next_steps:
+        click.echo(line)
+
+
+def _print_training(summary: Any) -> None:
+    click.echo(f"training as of {summary.as_of} (MLflow parent run {summary.parent_run_id})")
+    click.echo(
+        f"  {'candidate':<10} {'test MAE':>10} {'MASE':>7} {'seasonal naive MASE':>20} {'weekly s.naive MASE':>20}"
+    )
+    for c in summary.candidates:
+        m = c.metrics
+        weekly = m.get("weekly_seasonal_naive_test_mase", float("nan"))
+        click.echo(
+            f"  {c.cell:<10} {m['test_mae']:>10.4g} {m['test_mase']:>7.3f} "
+            f"{m['seasonal_naive_test_mase']:>20.3f} {weekly:>20.3f}"
+        )
+    click.echo(
+        f"registered {summary.model_name} v{summary.version} ({summary.best_cell}) "
+        f"as '{summary.alias}': {summary.reason}"
+    )
 
 
 @cli.command("forecast")
@@ -174,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error_message(exc: BaseException) -> str:
     """One message for an error: ours as written, database errors without SQL or passwords, others with their type."""
-    expected = {"DataValidationError", "SourceError", "SchemaVersionError", "RegistryError"}
+    expected = {"DataValidationError", "SourceError", "SchemaVersionError", "RegistryError", "TrainingDivergedError"}
     if type(exc).__name__ in expected:
         return str(exc)
     if type(exc).__module__.startswith("sqlalchemy"):

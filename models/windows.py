@@ -85,14 +85,25 @@ class Scalers:
 
     @classmethod
     def fit(cls, panel: SeriesPanel, train_end: np.ndarray) -> Scalers:
-        """Fit on `values[offsets[k] : train_end[k]]` of each series (train_end is a flat index)."""
-        counts = train_end - panel.offsets[:-1]
-        # prefix sums restricted to the training part, without a loop over series
-        csum = np.concatenate([[0.0], np.cumsum(panel.values)])
-        csum2 = np.concatenate([[0.0], np.cumsum(panel.values**2)])
+        """Fit on `values[offsets[k] : train_end[k]]` of each series (train_end is a flat index).
+
+        Per-series sums of centred values (no prefix sums across the whole panel, whose rounding error grows
+        with everything before a series and turned constant series into tiny non-unit stds).
+        """
         start = panel.offsets[:-1]
-        mean = (csum[train_end] - csum[start]) / counts
-        var = np.maximum((csum2[train_end] - csum2[start]) / counts - mean**2, 0.0)
+        lengths = panel.lengths
+        counts = np.asarray(train_end, dtype=np.int64) - start
+        if (counts <= 0).any() or (counts > lengths).any():
+            bad = [panel.series_ids[k] for k in np.flatnonzero((counts <= 0) | (counts > lengths))]
+            raise ValueError(f"scalers need 1..length training observations per series; series {bad[:5]!r} have none")
+        series = np.repeat(np.arange(len(counts)), lengths)  # [total] series number of each point
+        in_train = (np.arange(len(panel.values)) - np.repeat(start, lengths)) < np.repeat(counts, lengths)
+        train_values = np.where(in_train, panel.values, 0.0)
+        mean = np.bincount(series, weights=train_values, minlength=len(counts)) / counts
+        dev = np.where(in_train, panel.values - mean[series], 0.0)
+        shift = np.bincount(series, weights=dev, minlength=len(counts)) / counts  # second pass: exact mean
+        var = np.maximum(np.bincount(series, weights=dev**2, minlength=len(counts)) / counts - shift**2, 0.0)
+        mean = mean + shift
         std = np.sqrt(var)
         std = np.where(std > 1e-8 * np.maximum(np.abs(mean), 1.0), std, 1.0)
         return cls(list(panel.series_ids), mean, std)
@@ -173,9 +184,15 @@ def origin_starts(
     panel: SeriesPanel, series_index: np.ndarray, origin_positions: np.ndarray, lookback: int
 ) -> np.ndarray:
     """Flat starts of windows whose origin (last input) is at `origin_positions` within series `series_index`."""
+    series_index = np.asarray(series_index, dtype=np.int64)
+    origin_positions = np.asarray(origin_positions, dtype=np.int64)
     starts = panel.offsets[series_index] + origin_positions - lookback + 1
     if (origin_positions - lookback + 1 < 0).any():
         bad = series_index[origin_positions - lookback + 1 < 0]
         names = sorted({panel.series_ids[k] for k in bad})
         raise ValueError(f"series {names!r} have fewer than lookback={lookback} observations before the origin")
+    past_end = origin_positions >= panel.lengths[series_index]
+    if past_end.any():
+        names = sorted({panel.series_ids[k] for k in series_index[past_end]})
+        raise ValueError(f"origins past the last observation of series {names!r}; a window would read the next series")
     return starts.astype(np.int64)

@@ -19,12 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
     from models.packaging import LoadedForecaster
+    from tasks.evaluate import Evaluation
+    from tasks.run_context import RunContext
+    from tasks.train import FitResult
+    from tasks.windowing import WindowedData
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -72,7 +77,7 @@ def get_client() -> MlflowClient:
 def git_commit() -> str | None:
     """The commit of the working tree seqcast runs from, when it is a git checkout."""
     try:
-        out = subprocess.run(  # noqa: S603
+        out = subprocess.run(
             ["git", "rev-parse", "HEAD"],  # noqa: S607
             capture_output=True,
             text=True,
@@ -308,3 +313,106 @@ def register_model_task(name: str, model_uri: str, run_id: str) -> str:
 @task(retries=2, retry_delay_seconds=[2, 10])
 def apply_decision_task(name: str, version: str, decision: PromotionDecision) -> str:
     return apply_decision(name, version, decision)
+
+
+def log_candidate(
+    run_id: str,
+    fit: FitResult,
+    evaluation: Evaluation,
+    data: WindowedData,
+    frame: pd.DataFrame,
+    plots: list[Path],
+) -> str:
+    """Log one trained candidate to its run: params, final metrics, scores table, plots and the model.
+
+    Returns the model URI to register. The input example is the last `lookback` rows of the first series.
+    """
+    from models.packaging import pyfunc_input, save_forecaster
+
+    log_params(run_id, {**fit.train_config.model_dump(), **data.config.model_dump(), "freq": data.freq})
+    metrics = evaluation.metrics()
+    metrics.update(
+        {
+            "best_epoch": fit.best_epoch,
+            "best_val_loss": fit.best_val_loss,
+            "epochs": len(fit.history),
+            "train_seconds": fit.seconds,
+            "train_windows_per_second": fit.windows_per_second,
+        }
+    )
+    log_metrics(run_id, metrics)
+    client = get_client()
+    for key, value in {"device": fit.device, "bf16": str(fit.bf16), "stopped_early": str(fit.stopped_early)}.items():
+        client.set_tag(run_id, f"seqcast.{key}", value)
+    first = data.panel.series_ids[0]
+    example = pyfunc_input(frame[frame["series_id"] == first].sort_values("ts").tail(data.lookback))
+    with tempfile.TemporaryDirectory(prefix="seqcast-candidate-") as tmp:
+        folder = Path(tmp)
+        scores = folder / "test_scores.csv"
+        evaluation.table().to_csv(scores, index=False)
+        log_artifacts(run_id, [scores])
+        log_artifacts(run_id, plots, "plots")
+        model_dir = save_forecaster(
+            folder / "forecaster", fit.model, data.scalers, data.freq, metadata={"mlflow_run_id": run_id}
+        )
+        return log_forecaster(run_id, model_dir, example)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_candidate_task(
+    run_id: str,
+    fit: FitResult,
+    evaluation: Evaluation,
+    data: WindowedData,
+    frame: pd.DataFrame,
+    plots: list[Path],
+) -> str:
+    return log_candidate(run_id, fit, evaluation, data, frame, plots)
+
+
+def log_training_data(
+    run_id: str, frame: pd.DataFrame, data: WindowedData, context: RunContext, extra_tags: dict[str, str]
+) -> str:
+    """Tag the parent run with the data window and run context, and log the frame as a dataset."""
+    client = get_client()
+    tags = {**context.mlflow_tags(), **data.split_tags(), **extra_tags}
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    return log_dataset(run_id, frame, name="observations", source=extra_tags.get("seqcast.source", "observations"))
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def start_run_task(experiment_id: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+    return start_run(experiment_id, run_name, tags, parent_run_id)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_training_data_task(
+    run_id: str, frame: pd.DataFrame, data: WindowedData, context: RunContext, extra_tags: dict[str, str]
+) -> str:
+    return log_training_data(run_id, frame, data, context, extra_tags)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def end_run_task(run_id: str, failed: bool = False) -> None:
+    end_run(run_id, failed)
+
+
+def finish_training(parent_run_id: str, summary_markdown: str) -> None:
+    """Close the parent run with the summary as its MLflow note and as a Prefect markdown artifact."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+    from prefect.artifacts import create_markdown_artifact
+
+    client = get_client()
+    client.set_tag(parent_run_id, MLFLOW_RUN_NOTE, summary_markdown)
+    client.log_text(parent_run_id, summary_markdown, "summary.md")
+    end_run(parent_run_id)
+    create_markdown_artifact(markdown=summary_markdown, key="training-summary", description="seqcast training run")
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def finish_training_task(parent_run_id: str, summary_markdown: str) -> None:
+    finish_training(parent_run_id, summary_markdown)

@@ -1,0 +1,144 @@
+"""One recurrent forecaster (LSTM or GRU, picked by `cell`) and batched prediction over flat-panel windows.
+
+The network maps a window of `lookback` scaled values to the next `horizon` scaled values in one shot
+(direct multi-step): the last hidden state of the top recurrent layer goes through one linear head.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from models.windows import gather_windows
+
+
+class ForecasterConfig(BaseModel):
+    """Hyperparameters of `RecurrentForecaster`; saved as config.json beside the weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    lookback: int = Field(ge=1, le=100_000, description="observations the network reads per forecast (L)")
+    horizon: int = Field(ge=1, le=10_000, description="steps forecast at once (H)")
+    hidden_size: int = Field(default=64, ge=1, le=4096, description="units per recurrent layer")
+    num_layers: int = Field(default=2, ge=1, le=16, description="stacked recurrent layers")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout between layers and before the head")
+
+
+class RecurrentForecaster(nn.Module):
+    """LSTM or GRU encoder plus a linear head: `x [B, L, 1]` (scaled) -> `y_hat [B, H]` (scaled).
+
+    Hyperparameters (all from `ForecasterConfig`):
+      - `cell`: "lstm" (`nn.LSTM`) or "gru" (`nn.GRU`).
+      - `lookback` (L): input length; the network itself accepts any length, windows are cut to L.
+      - `horizon` (H): number of outputs of the linear head, one per future step.
+      - `hidden_size`: width of every recurrent layer and of the head's input.
+      - `num_layers`: stacked recurrent layers (batch_first).
+      - `dropout`: applied between recurrent layers (when `num_layers` > 1) and to the last hidden state.
+    """
+
+    def __init__(self, config: ForecasterConfig) -> None:
+        super().__init__()
+        self.config = config
+        rnn_type = nn.LSTM if config.cell == "lstm" else nn.GRU
+        self.rnn = rnn_type(
+            input_size=1,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.horizon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)  # [B, L, 1] -> [B, L, hidden]
+        last = self.dropout(out[:, -1, :])  # [B, L, hidden] -> [B, hidden]
+        return self.head(last)  # [B, hidden] -> [B, H]
+
+
+_BF16_SUPPORT: dict[tuple[str, str], bool] = {}
+
+
+def bf16_autocast_supported(model: RecurrentForecaster, device: torch.device) -> bool:
+    """Whether this device runs the model under bf16 autocast (forward and backward); CPU: always False.
+
+    cuDNN gained bf16 RNN kernels late (cuDNN 9.13), so the first use on a CUDA device probes a tiny
+    batch and falls back to float32 when the kernels are missing, instead of failing mid-training.
+    """
+    if device.type != "cuda":
+        return False
+    key = (str(device), model.config.cell)
+    if key not in _BF16_SUPPORT:
+        with torch.random.fork_rng(devices=[]):  # the probe must not shift the caller's seeded CPU RNG
+            probe = RecurrentForecaster(model.config.model_copy(update={"hidden_size": 8, "num_layers": 1}))
+        probe = probe.to(device)
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = probe(torch.zeros(2, 4, 1, device=device))  # [2, 4, 1] -> [2, H]
+            out.float().sum().backward()
+            torch.cuda.synchronize(device)
+            _BF16_SUPPORT[key] = True
+        except RuntimeError:
+            _BF16_SUPPORT[key] = False
+    return _BF16_SUPPORT[key]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
+
+    Asking for CUDA on a machine without it is a clear error, not a silent fall-back to CPU.
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    elif device == "auto":
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} was asked for but this machine has no CUDA; use 'cpu' or 'auto'")
+    return resolved
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device the model's parameters live on."""
+    return next(model.parameters()).device
+
+
+def predict_windows(
+    model: RecurrentForecaster,
+    values: torch.Tensor,
+    starts: np.ndarray | torch.Tensor,
+    lookback: int,
+    horizon: int,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """Forecasts `[N, H]` (scaled units) for the windows starting at flat indices `starts [N]` of `values [total]`.
+
+    Inputs are `values[s : s + lookback]`; nothing after the origin is read, so `values` may end at the last
+    origin. Runs on the model's device in batches under inference mode (bf16 autocast on CUDA when supported).
+    """
+    if horizon != model.config.horizon:
+        raise ValueError(f"`horizon` ({horizon}) differs from the model's horizon ({model.config.horizon})")
+    device = model_device(model)
+    n = len(starts)
+    if n == 0:
+        return np.zeros((0, horizon), dtype=np.float32)
+    values = values.to(device=device, dtype=torch.float32)
+    starts_t = torch.as_tensor(starts, dtype=torch.int64).to(device)  # [N]
+    use_bf16 = bf16_autocast_supported(model, device)
+    was_training = model.training
+    model.eval()
+    out = torch.empty(n, horizon, dtype=torch.float32, device=device)  # [N, H]
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            for i in range(0, n, batch_size):
+                x, _ = gather_windows(values, starts_t[i : i + batch_size], lookback, 0)  # [B] -> [B, L, 1]
+                out[i : i + batch_size] = model(x).float()  # [B, L, 1] -> [B, H]
+    finally:
+        model.train(was_training)
+    return out.cpu().numpy()

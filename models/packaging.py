@@ -1,0 +1,320 @@
+"""A trained forecaster as a folder, loadable on any device, and its MLflow pyfunc wrapper.
+
+The folder holds JSON and a state_dict only (no pickles):
+  - config.json   ForecasterConfig, the series frequency, the series ids, free-form metadata
+  - weights.pt    the state_dict, saved from CPU tensors (loads on CPU-only machines)
+  - scalers.json  per-series mean/std fit on the training part (`Scalers.to_dict`)
+  - manifest.json sha256 and size of the three files above, checked on every load
+
+`forecast_frame` and `forecast_origins` are the serving core; `SeqcastForecaster` only adapts them to MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel
+
+from models.forecaster import ForecasterConfig, RecurrentForecaster, predict_windows, resolve_device
+from models.windows import Scalers, SeriesPanel, origin_starts, panel_from_frame
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+SCALERS_FILE = "scalers.json"
+MANIFEST_FILE = "manifest.json"
+CHECKED_FILES = (CONFIG_FILE, WEIGHTS_FILE, SCALERS_FILE)
+INPUT_COLUMNS = ["series_id", "ts", "value"]
+OUTPUT_COLUMNS = ["series_id", "origin_ts", "target_ts", "step", "point"]
+
+
+class ArtifactIntegrityError(ValueError):
+    """A forecaster folder whose files are missing or do not match their recorded sha256 (tampered or truncated)."""
+
+
+@dataclass(frozen=True)
+class LoadedForecaster:
+    """A forecaster ready to predict: network in eval mode on `device`, its config, scalers and frequency."""
+
+    model: RecurrentForecaster
+    config: ForecasterConfig
+    scalers: Scalers
+    freq: str
+    device: torch.device
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lookback(self) -> int:
+        return self.config.lookback
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    @property
+    def series_ids(self) -> list[str]:
+        return list(self.scalers.series_ids)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_forecaster(
+    path: str | Path,
+    model: RecurrentForecaster,
+    scalers: Scalers,
+    freq: str,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write the forecaster folder at `path` and return it; an existing folder there is replaced whole.
+
+    Files are written to a temporary sibling folder first and swapped in, so a crash never leaves a
+    half-written model where a good one was. `metadata` must be JSON-able (e.g. run ids, split timestamps).
+    """
+    pd.tseries.frequencies.to_offset(freq)  # refuse an unknown frequency now, not at serving time
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        config = {
+            "format_version": FORMAT_VERSION,
+            "forecaster": model.config.model_dump(),
+            "freq": freq,
+            "series_ids": list(scalers.series_ids),
+            "torch_version": torch.__version__,
+            "metadata": metadata or {},
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / SCALERS_FILE).write_text(json.dumps(scalers.to_dict()))
+        state = {name: tensor.detach().to("cpu").clone() for name, tensor in model.state_dict().items()}
+        torch.save(state, tmp / WEIGHTS_FILE)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "files": {
+                name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in CHECKED_FILES
+            },
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _swap_in(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put folder `new` at `path`; an old folder there is moved aside first and removed only afterwards."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(path, old)
+    try:
+        os.replace(new, path)
+    except OSError:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_forecaster(path: str | Path) -> dict[str, Any]:
+    """Check every file against manifest.json; returns the manifest or raises ArtifactIntegrityError."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ArtifactIntegrityError(f"{path} is not a seqcast forecaster folder: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ArtifactIntegrityError(f"{manifest_path} is unreadable ({exc}); the artifact is damaged") from exc
+    for name in CHECKED_FILES:
+        file = path / name
+        if name not in files or not file.is_file():
+            raise ArtifactIntegrityError(f"forecaster folder {path} lacks {name} or its manifest entry; refusing it")
+        actual = _sha256(file)
+        expected = files[name].get("sha256")
+        if actual != expected:
+            raise ArtifactIntegrityError(
+                f"{name} in {path} has sha256 {actual}, but the manifest records {expected}: the artifact was "
+                "modified or truncated after saving; refusing to load it (re-download or re-train the model)"
+            )
+    return dict(manifest)
+
+
+def load_forecaster(path: str | Path, device: str | torch.device = "cpu") -> LoadedForecaster:
+    """Load a forecaster folder onto `device` ("cpu", "cuda", "cuda:1", "auto") after checking its sha256 sums."""
+    path = Path(path)
+    verify_forecaster(path)
+    target = resolve_device(device)
+    config_data = json.loads((path / CONFIG_FILE).read_text())
+    if int(config_data.get("format_version", 0)) > FORMAT_VERSION:
+        raise ArtifactIntegrityError(
+            f"forecaster format {config_data['format_version']} is newer than this seqcast ({FORMAT_VERSION}); "
+            "upgrade seqcast"
+        )
+    config = ForecasterConfig.model_validate(config_data["forecaster"])
+    scalers = Scalers.from_dict(json.loads((path / SCALERS_FILE).read_text()))
+    state = torch.load(path / WEIGHTS_FILE, weights_only=True, map_location=target)
+    model = RecurrentForecaster(config).to(target)
+    model.load_state_dict(state)
+    model.eval()
+    return LoadedForecaster(
+        model=model,
+        config=config,
+        scalers=scalers,
+        freq=str(config_data["freq"]),
+        device=target,
+        metadata=dict(config_data.get("metadata", {})),
+    )
+
+
+def _scaler_indices(loaded: LoadedForecaster, series_ids: list[str]) -> np.ndarray:
+    known = set(loaded.scalers.series_ids)
+    unknown = [sid for sid in series_ids if sid not in known]
+    if unknown:
+        raise ValueError(
+            f"series {unknown[:5]!r} ({len(unknown)} in all) were not in this model's training data, so it has no "
+            "scaler for them; forecast only trained series or retrain with them"
+        )
+    return loaded.scalers.indices(series_ids)
+
+
+def forecast_origins(
+    loaded: LoadedForecaster, panel: SeriesPanel, series_index: np.ndarray, origin_positions: np.ndarray
+) -> np.ndarray:
+    """Forecasts `[N, H]` in original units at origins `origin_positions [N]` (position within series
+    `series_index [N]` of `panel`, original units). Each reads only the `lookback` values up to its origin,
+    so a backfill over a full history never sees the future."""
+    if panel.freq != loaded.freq:
+        raise ValueError(f"the panel's frequency {panel.freq!r} differs from the model's {loaded.freq!r}")
+    scaler_index = _scaler_indices(loaded, panel.series_ids)  # [S]
+    series_index = np.asarray(series_index, dtype=np.int64)
+    starts = origin_starts(panel, series_index, np.asarray(origin_positions, dtype=np.int64), loaded.lookback)
+    scaled = loaded.scalers.transform(panel).values  # [total] scaled units
+    values = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
+    predicted = predict_windows(loaded.model, values, starts, loaded.lookback, loaded.horizon)  # [N, H]
+    return loaded.scalers.inverse(predicted.astype(np.float64), scaler_index[series_index])
+
+
+def target_timestamps(origins: pd.DatetimeIndex, freq: str, horizon: int) -> np.ndarray:
+    """`[N, H]` UTC datetime64 target times: origin + step * freq for step 1..H (calendar-aware for "B")."""
+    offset = pd.tseries.frequencies.to_offset(freq)
+    origins = pd.DatetimeIndex(origins)
+    origins = origins.tz_localize("UTC") if origins.tz is None else origins.tz_convert("UTC")
+    columns = [(origins + offset * step).tz_convert(None).to_numpy() for step in range(1, horizon + 1)]
+    return np.stack(columns, axis=1)
+
+
+def _check_input(frame: pd.DataFrame, loaded: LoadedForecaster) -> pd.DataFrame:
+    """The last `lookback` rows of every series, sorted, UTC; refuses what the model cannot forecast from."""
+    missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"input needs columns {INPUT_COLUMNS}; missing {missing} (got {list(frame.columns)})")
+    if len(frame) == 0:
+        raise ValueError("input has no observations; send the last `lookback` rows of each series to forecast")
+    frame = frame[INPUT_COLUMNS].copy()
+    frame["series_id"] = frame["series_id"].astype(str)
+    try:
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"input column `ts` has unparsable timestamps: {exc}") from exc
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(np.float64)
+    bad = frame.loc[~np.isfinite(frame["value"].to_numpy()), "series_id"].unique().tolist()
+    if bad:
+        raise ValueError(f"series {bad[:5]!r} have NaN, infinite or non-numeric values; clean them before forecasting")
+    if frame.duplicated(["series_id", "ts"]).any():
+        dup = frame.loc[frame.duplicated(["series_id", "ts"]), "series_id"].unique().tolist()
+        raise ValueError(f"series {dup[:5]!r} repeat a timestamp; send one value per (series_id, ts)")
+    _scaler_indices(loaded, sorted(frame["series_id"].unique().tolist()))
+    counts = frame.groupby("series_id", sort=True).size()
+    short = counts[counts < loaded.lookback]
+    if len(short):
+        described = ", ".join(f"{sid!r} has {n}" for sid, n in short.head(5).items())
+        raise ValueError(
+            f"`lookback` ({loaded.lookback}) needs {loaded.lookback} recent observations per series; "
+            f"series {described}{' ...' if len(short) > 5 else ''}"
+        )
+    tail = frame.sort_values(["series_id", "ts"], kind="stable").groupby("series_id", sort=True).tail(loaded.lookback)
+    offset = pd.tseries.frequencies.to_offset(loaded.freq)
+    for sid, ts in tail.groupby("series_id", sort=True)["ts"]:
+        seen = pd.DatetimeIndex(ts).as_unit("ns").asi8
+        expected = pd.date_range(end=ts.iloc[-1], periods=loaded.lookback, freq=offset).as_unit("ns").asi8
+        if not np.array_equal(seen, expected):
+            raise ValueError(
+                f"series {sid!r}: its last {loaded.lookback} observations are not every {loaded.freq!r} up to "
+                f"{ts.iloc[-1]} (gap or wrong frequency); fill gaps before forecasting"
+            )
+    return tail.reset_index(drop=True)
+
+
+def forecast_frame(loaded: LoadedForecaster, frame: pd.DataFrame) -> pd.DataFrame:
+    """Forecast every series of `frame` (series_id, ts, value) from its last observation.
+
+    Returns `series_id, origin_ts, target_ts, step, point` (H rows per series, original units, UTC), with
+    origin_ts the series' last ts and target_ts = origin_ts + step * freq.
+    """
+    tail = _check_input(frame, loaded)
+    panel = panel_from_frame(tail, freq=loaded.freq)
+    lengths = panel.lengths
+    series_index = np.arange(len(panel.series_ids))
+    points = forecast_origins(loaded, panel, series_index, lengths - 1)  # [S, H]
+    origins = pd.DatetimeIndex([ts[-1] for ts in panel.timestamps])
+    targets = target_timestamps(origins, loaded.freq, loaded.horizon)  # [S, H]
+    h = loaded.horizon
+    return pd.DataFrame(
+        {
+            "series_id": np.repeat(np.asarray(panel.series_ids, dtype=object), h),
+            "origin_ts": pd.DatetimeIndex(np.repeat(origins.tz_convert(None).to_numpy(), h)).tz_localize("UTC"),
+            "target_ts": pd.DatetimeIndex(targets.ravel()).tz_localize("UTC"),
+            "step": np.tile(np.arange(1, h + 1, dtype=np.int64), len(series_index)),
+            "point": points.ravel(),
+        },
+        columns=OUTPUT_COLUMNS,
+    )
+
+
+def pyfunc_input(frame: pd.DataFrame) -> pd.DataFrame:
+    """`series_id, ts, value` with `ts` as naive UTC: MLflow's schema enforcement refuses timezone-aware
+    datetimes, so input examples and requests to the pyfunc model use this form (naive is read as UTC)."""
+    out = frame[INPUT_COLUMNS].copy()
+    out["ts"] = pd.to_datetime(out["ts"], utc=True).dt.tz_localize(None)
+    return out
+
+
+class SeqcastForecaster(PythonModel):
+    """MLflow pyfunc model: a frame of recent observations in, forecasts in original units out.
+
+    Logged with `artifacts={"forecaster": <folder written by save_forecaster>}`; loads on CUDA when present.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: LoadedForecaster | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the weights travel as the "forecaster" artifact, never inside the pickled wrapper
+        return {**self.__dict__, "_loaded": None}
+
+    def load_context(self, context: Any) -> None:
+        self._loaded = load_forecaster(context.artifacts["forecaster"], device="auto")
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if self._loaded is None:
+            raise RuntimeError("SeqcastForecaster has no weights loaded; load it with mlflow.pyfunc.load_model")
+        return forecast_frame(self._loaded, pd.DataFrame(model_input))

@@ -1,0 +1,319 @@
+"""The training stage: fit one LSTM or GRU forecaster on windowed data, fast, seeded, with early stopping.
+
+Hot loop rules (what makes it at least as fast as a bare PyTorch loop): the scaled values and the window
+starts go to the device once; each epoch shuffles the starts with one `torch.randperm` and slices batches
+from it; each batch is one gather (`models.windows.gather_windows`); losses accumulate on the device and are
+read once per epoch. No DataLoader, no per-sample Python, no per-step `.item()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.forecaster import (
+    ForecasterConfig,
+    RecurrentForecaster,
+    bf16_autocast_supported,
+    resolve_device,
+)
+from models.windows import gather_windows
+from tasks.windowing import WindowedData
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN, infinite or exploded; nothing trained in this run should be registered."""
+
+
+class TrainConfig(BaseModel):
+    """Training hyperparameters (the network's shape is here too; lookback/horizon come from the windows).
+
+    - `cell`, `hidden_size`, `num_layers`, `dropout`: the network (see `RecurrentForecaster`).
+    - `batch_size`, `max_epochs`, `learning_rate`, `weight_decay` (AdamW; 0 = Adam).
+    - `loss`: "mse" or "huber" (with `huber_delta`, in scaled units).
+    - `grad_clip`: max global gradient norm, None to disable.
+    - `patience`, `min_delta`: stop after `patience` epochs without a validation-loss gain of `min_delta`;
+      the best epoch's weights are restored.
+    - `lr_schedule`: "plateau" halves the rate after `patience // 2` flat epochs, "cosine" anneals to 0 over
+      `max_epochs`, "none" keeps it.
+    - `seed`: initial weights and shuffling (same seed, same weights on CPU).
+    - `device`: "auto" (CUDA when present), "cpu" or "cuda"; `num_threads`: CPU threads (None = torch default).
+    - `eval_batch_size`: windows per batch when computing validation loss.
+    - `max_loss`: an epoch loss above this (scaled units; sane losses are about 1) counts as diverged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    hidden_size: int = Field(default=64, ge=1, le=4096)
+    num_layers: int = Field(default=2, ge=1, le=16)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=256, ge=1, le=1_000_000)
+    max_epochs: int = Field(default=30, ge=1, le=100_000)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(default=1.0, gt=0.0)
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    patience: int = Field(default=5, ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
+    lr_schedule: Literal["none", "plateau", "cosine"] = "plateau"
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(default=None, ge=1)
+    eval_batch_size: int = Field(default=8192, ge=1)
+    max_loss: float = Field(default=1e6, gt=0.0)
+
+    def forecaster_config(self, lookback: int, horizon: int) -> ForecasterConfig:
+        return ForecasterConfig(
+            cell=self.cell,
+            lookback=lookback,
+            horizon=horizon,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+        )
+
+
+@dataclass
+class FitResult:
+    """A trained model (CPU, eval mode, best epoch's weights) and how training went."""
+
+    model: RecurrentForecaster
+    config: ForecasterConfig
+    train_config: TrainConfig
+    history: list[dict[str, float]]  # per epoch: epoch, train_loss, val_loss, seconds, learning_rate
+    best_epoch: int
+    best_val_loss: float
+    device: str
+    windows_per_second: float  # training windows per second of training-loop time (validation excluded)
+    seconds: float
+    stopped_early: bool
+    bf16: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Prefect's run logger inside a flow or task run, this module's logger elsewhere."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()  # type: ignore[return-value]
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+@contextmanager
+def _cpu_threads(num_threads: int | None) -> Iterator[None]:
+    if num_threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _window_loss(pred: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Per-window loss `[B]`: mean over the horizon of squared or Huber error."""
+    if config.loss == "mse":
+        return (pred - target).square().mean(dim=1)  # [B, H] -> [B]
+    return F.huber_loss(pred, target, reduction="none", delta=config.huber_delta).mean(dim=1)  # [B, H] -> [B]
+
+
+def _validation_loss(
+    model: RecurrentForecaster,
+    values: torch.Tensor,
+    starts: torch.Tensor,
+    config: TrainConfig,
+    use_bf16: bool,
+) -> torch.Tensor:
+    """Mean per-window loss over `starts`, on the device (no sync)."""
+    lookback, horizon = model.config.lookback, model.config.horizon
+    total = torch.zeros((), device=values.device)
+    model.eval()
+    with torch.inference_mode(), torch.autocast(values.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        for i in range(0, len(starts), config.eval_batch_size):
+            batch = starts[i : i + config.eval_batch_size]  # [B]
+            x, y = gather_windows(values, batch, lookback, horizon)  # [B] -> [B, L, 1], [B, H]
+            total += _window_loss(model(x).float(), y, config).sum()  # [B, H] -> scalar
+    return total / max(len(starts), 1)
+
+
+def _diverged(loss: float, limit: float) -> bool:
+    return not math.isfinite(loss) or loss > limit
+
+
+def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
+    """Train a forecaster on `data.train_starts`, early-stopping on `data.val_starts`; returns it on CPU.
+
+    `on_epoch(record)` is called after every epoch with {epoch, train_loss, val_loss, seconds, learning_rate}
+    (e.g. `tasks.registry.epoch_logger(run_id)` logs them to MLflow). Raises `TrainingDivergedError` on a
+    NaN, infinite or exploding loss.
+    """
+    if len(data.train_starts) == 0:
+        raise ValueError("no training windows; the series are too short for lookback + horizon")
+    if len(data.val_starts) == 0:
+        raise ValueError("no validation windows; early stopping needs a validation part of at least `horizon`")
+    log = _logger()
+    device = resolve_device(config.device)
+    lookback, horizon = data.lookback, data.horizon
+    with _cpu_threads(config.num_threads):
+        torch.manual_seed(config.seed)
+        model = RecurrentForecaster(config.forecaster_config(lookback, horizon)).to(device)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(config.seed)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        use_bf16 = bf16_autocast_supported(model, device)
+
+        values = torch.from_numpy(data.scaled).to(device=device, dtype=torch.float32)  # [total], once
+        train_starts = torch.from_numpy(data.train_starts).to(device)  # [N_train], once
+        val_starts = torch.from_numpy(data.val_starts).to(device)  # [N_val], once
+        n_train = len(data.train_starts)
+
+        params = list(model.parameters())
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            fused=device.type == "cuda",
+        )
+        scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        if config.lr_schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=0.5, patience=max(config.patience // 2, 1)
+            )
+        elif config.lr_schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
+
+        history: list[dict[str, float]] = []
+        best_val = math.inf
+        best_epoch = 0
+        best_state = copy.deepcopy(model.state_dict())
+        bad_epochs = 0
+        train_seconds = 0.0
+        windows_seen = 0
+        stopped_early = False
+        started = time.perf_counter()
+        log.info(
+            "training %s %dx%d on %s (bf16=%s): %d train / %d validation windows, batch %d",
+            config.cell,
+            config.num_layers,
+            config.hidden_size,
+            device,
+            use_bf16,
+            n_train,
+            len(data.val_starts),
+            config.batch_size,
+        )
+        for epoch in range(1, config.max_epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            lr = optimizer.param_groups[0]["lr"]
+            shuffled = train_starts[torch.randperm(n_train, device=device, generator=generator)]  # [N_train]
+            total = torch.zeros((), device=device)
+            for i in range(0, n_train, config.batch_size):
+                batch = shuffled[i : i + config.batch_size]  # [B]
+                x, y = gather_windows(values, batch, lookback, horizon)  # [B] -> [B, L, 1], [B, H]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    pred = model(x)  # [B, L, 1] -> [B, H]
+                loss = _window_loss(pred.float(), y, config).mean()  # [B, H] -> scalar
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                total += loss.detach() * batch.shape[0]
+            train_loss = float((total / n_train).item())  # the one sync of the epoch's training loop
+            train_seconds += time.perf_counter() - epoch_start
+            windows_seen += n_train
+
+            val_loss = float(_validation_loss(model, values, val_starts, config, use_bf16).item())
+            seconds = time.perf_counter() - epoch_start
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "seconds": seconds,
+                "learning_rate": lr,
+            }
+            history.append(record)
+            log.info(
+                "%s epoch %d/%d: train_loss %.5f val_loss %.5f lr %.2e (%.1fs, %.0f windows/s)",
+                config.cell,
+                epoch,
+                config.max_epochs,
+                train_loss,
+                val_loss,
+                lr,
+                seconds,
+                n_train / max(seconds, 1e-9),
+            )
+            if on_epoch is not None:
+                on_epoch(dict(record))
+            if _diverged(train_loss, config.max_loss) or _diverged(val_loss, config.max_loss):
+                raise TrainingDivergedError(
+                    f"{config.cell} training diverged at epoch {epoch}: train loss {train_loss}, validation loss "
+                    f"{val_loss} (limit {config.max_loss:g}, learning_rate {config.learning_rate:g}). Lower "
+                    "`learning_rate`, set `grad_clip`, or check the input for extreme or corrupt values."
+                )
+            if val_loss < best_val - config.min_delta:
+                best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_loss)
+            elif scheduler is not None:
+                scheduler.step()
+            if bad_epochs >= config.patience:
+                stopped_early = True
+                log.info(
+                    "%s early stop after epoch %d: no validation gain for %d epochs; best epoch %d (val_loss %.5f)",
+                    config.cell,
+                    epoch,
+                    config.patience,
+                    best_epoch,
+                    best_val,
+                )
+                break
+
+        model.load_state_dict(best_state)
+        model = model.to("cpu").eval()
+    return FitResult(
+        model=model,
+        config=model.config,
+        train_config=config,
+        history=history,
+        best_epoch=best_epoch,
+        best_val_loss=best_val,
+        device=str(device),
+        windows_per_second=windows_seen / max(train_seconds, 1e-9),
+        seconds=time.perf_counter() - started,
+        stopped_early=stopped_early,
+        bf16=use_bf16,
+    )
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train-{config.cell}")
+def train_candidate_task(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
+    """Prefect wrapper of `fit_forecaster`; not retried (a diverged or bad run fails the same way again)."""
+    return fit_forecaster(data, config, on_epoch)

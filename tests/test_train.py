@@ -1,0 +1,124 @@
+"""Training behaviour: learning, early stopping with best-weight restore, callbacks, config checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.train import TrainConfig, _validation_loss, fit_forecaster, train_candidate_task
+from tasks.windowing import WindowConfig, WindowedData, prepare_windows
+
+LOOKBACK, HORIZON = 24, 6
+
+
+def frame_of(values: dict[str, np.ndarray]) -> pd.DataFrame:
+    parts = [
+        pd.DataFrame(
+            {"series_id": sid, "ts": pd.date_range("2024-01-01", periods=len(v), freq="h", tz="UTC"), "value": v}
+        )
+        for sid, v in values.items()
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def windows(values: dict[str, np.ndarray]) -> WindowedData:
+    return prepare_windows(
+        frame_of(values), WindowConfig(lookback=LOOKBACK, horizon=HORIZON, test_size=12, val_size=24)
+    )
+
+
+def config(**overrides: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "hidden_size": 16,
+        "num_layers": 1,
+        "batch_size": 32,
+        "learning_rate": 1e-2,
+        "device": "cpu",
+        "num_threads": 1,
+        "seed": 3,
+    }
+    base.update(overrides)
+    return TrainConfig.model_validate(base)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_loss_decreases_on_a_learnable_sine(cell: str) -> None:
+    t = np.arange(400)
+    data = windows({"sine": 50 + 20 * np.sin(2 * np.pi * t / 12)})
+    fit = fit_forecaster(data, config(cell=cell, max_epochs=6, patience=6))
+    train = [h["train_loss"] for h in fit.history]
+    val = [h["val_loss"] for h in fit.history]
+    assert train[-1] < 0.5 * train[0]
+    assert min(val) < 0.5 * val[0]
+    assert fit.windows_per_second > 0 and fit.device == "cpu" and not fit.bf16
+
+
+def test_early_stopping_restores_the_best_weights() -> None:
+    # white noise: nothing to learn, a wide network overfits and validation loss rises after the first epochs
+    rng = np.random.default_rng(0)
+    data = windows({"noise": rng.normal(0, 1, 160)})
+    records: list[dict[str, float]] = []
+    fit = fit_forecaster(
+        data,
+        config(hidden_size=64, max_epochs=40, patience=3, learning_rate=2e-2, lr_schedule="none", batch_size=16),
+        on_epoch=records.append,
+    )
+    assert fit.stopped_early and len(fit.history) < 40
+    val = [h["val_loss"] for h in fit.history]
+    assert fit.best_epoch == int(np.argmin(val)) + 1
+    assert fit.best_epoch == len(fit.history) - 3  # stopped `patience` epochs after the best
+    values = torch.from_numpy(data.scaled)
+    restored = _validation_loss(fit.model, values, torch.from_numpy(data.val_starts), fit.train_config, False).item()
+    assert restored == pytest.approx(fit.best_val_loss, rel=1e-6)
+    assert restored < val[-1]
+    assert records == fit.history
+    assert set(records[0]) == {"epoch", "train_loss", "val_loss", "seconds", "learning_rate"}
+
+
+def test_plateau_schedule_halves_the_learning_rate_when_validation_stalls() -> None:
+    rng = np.random.default_rng(1)
+    data = windows({"noise": rng.normal(0, 1, 160)})
+    fit = fit_forecaster(
+        data,
+        config(hidden_size=64, batch_size=16, max_epochs=20, patience=4, lr_schedule="plateau", learning_rate=2e-2),
+    )
+    rates = [h["learning_rate"] for h in fit.history]
+    # plateau patience is patience // 2 = 2: three epochs without a gain halve the rate, four stop training
+    assert fit.stopped_early
+    assert rates[: fit.best_epoch + 3] == [2e-2] * (fit.best_epoch + 3)
+    assert rates[-1] == 1e-2
+
+
+def test_num_threads_is_restored() -> None:
+    before = torch.get_num_threads()
+    data = windows({"s": np.sin(np.arange(200) / 3.0)})
+    fit_forecaster(data, config(max_epochs=1, num_threads=1))
+    assert torch.get_num_threads() == before
+
+
+def test_config_is_validated_and_cuda_refused_without_a_gpu() -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(loss="mae")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        TrainConfig(learning_rate=0.0)
+    with pytest.raises(ValueError):
+        TrainConfig(extra_knob=1)  # type: ignore[call-arg]
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    data = windows({"s": np.sin(np.arange(200) / 3.0)})
+    with pytest.raises(RuntimeError, match="no CUDA; use 'cpu' or 'auto'"):
+        fit_forecaster(data, config(device="cuda"))
+
+
+def test_huber_loss_trains() -> None:
+    data = windows({"s": 10 + np.sin(np.arange(200) / 2.0)})
+    fit = fit_forecaster(data, config(loss="huber", max_epochs=3, patience=3))
+    assert np.isfinite([h["train_loss"] for h in fit.history]).all()
+
+
+def test_task_wrapper_calls_the_plain_function() -> None:
+    data = windows({"s": np.sin(np.arange(200) / 3.0)})
+    fit = train_candidate_task.fn(data, config(max_epochs=1))
+    assert fit.best_epoch == 1 and fit.config.lookback == LOOKBACK and fit.config.horizon == HORIZON
