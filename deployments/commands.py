@@ -1,0 +1,87 @@
+"""The command lines of the production services, written once.
+
+docker/compose.yaml runs these commands in containers; tests/servers.py runs the very same lines as
+subprocesses against the local PostgreSQL; tests/test_docker.py fails when compose and this module drift
+apart. Only addresses and sizes are arguments. Secrets (database URLs with passwords) never go on a command
+line, where `ps` would show them: each program reads its URL from its own environment variable, and
+`SERVICE_ENV` lists what every service must be given.
+
+This module imports nothing beyond the standard library, so reading it costs nothing.
+"""
+
+from __future__ import annotations
+
+# Health endpoints, polled by compose's health checks and by the test fixtures alike.
+PREFECT_HEALTH_PATH = "/api/health"
+MLFLOW_HEALTH_PATH = "/health"
+WORKER_HEALTH_PATH = "/health"
+
+# Environment each service needs (names only; values come from docker/.env or from the fixtures).
+SERVICE_ENV: dict[str, tuple[str, ...]] = {
+    "postgres": ("POSTGRES_USER", "POSTGRES_PASSWORD"),
+    # Prefect reads its database from PREFECT_API_DATABASE_CONNECTION_URL (postgresql+asyncpg://...).
+    "prefect-server": ("PREFECT_API_DATABASE_CONNECTION_URL",),
+    # `mlflow server --backend-store-uri` falls back to MLFLOW_BACKEND_STORE_URI (postgresql+psycopg://...).
+    "mlflow": ("MLFLOW_BACKEND_STORE_URI",),
+    # The worker hands its environment to every flow run it starts: the flows' settings live here.
+    "worker": ("PREFECT_API_URL", "SEQCAST_DATABASE_URL", "MLFLOW_TRACKING_URI", "SEQCAST_HOME", "SEQCAST_PROJECT_DIR"),
+    "deploy": (
+        "PREFECT_API_URL",
+        "SEQCAST_WORK_POOL",
+        "SEQCAST_TRAIN_CRON",
+        "SEQCAST_FORECAST_CRON",
+        "SEQCAST_TIMEZONE",
+        "SEQCAST_PROJECT_DIR",
+    ),
+}
+
+
+def prefect_server(host: str, port: int) -> list[str]:
+    """The Prefect API and UI, with its services (scheduler, late runs, ...); database from the environment."""
+    return ["prefect", "server", "start", "--host", host, "--port", str(port)]
+
+
+def mlflow_server(host: str, port: int, artifacts_destination: str, allowed_hosts: str, workers: int) -> list[str]:
+    """The MLflow tracking server and registry, proxying artifact uploads and downloads to `artifacts_destination`.
+
+    `allowed_hosts` is the Host-header allow list of MLflow's DNS-rebinding guard: it must name every address
+    clients use (in compose, `mlflow:5000`), since setting it replaces MLflow's localhost-only default.
+    """
+    return [
+        "mlflow",
+        "server",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts_destination,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--allowed-hosts",
+        allowed_hosts,
+    ]
+
+
+def prefect_worker(pool: str, name: str) -> list[str]:
+    """A process worker for `pool`; its health server answers on PREFECT_WORKER_WEBSERVER_PORT (default 8080)."""
+    return [
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--name",
+        name,
+        "--with-healthcheck",
+        "--install-policy",
+        "never",
+    ]
+
+
+def deploy() -> list[str]:
+    """Register the three deployments (options from SEQCAST_WORK_POOL, SEQCAST_*_CRON, SEQCAST_TIMEZONE)."""
+    return ["python", "-m", "flows.deploy"]

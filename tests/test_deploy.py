@@ -1,0 +1,197 @@
+"""flows/deploy.py and deployments/prefect.yaml describe the same deployments; deploy options fail clearly.
+
+No server here: tests/integration/test_deployments.py registers the deployments on a real Prefect server.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from servers import ROOT
+
+from flows import deploy
+
+PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
+
+
+@pytest.fixture(scope="module")
+def prefect_yaml() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(PREFECT_YAML.read_text())
+    return data
+
+
+def _yaml_deployment(prefect_yaml: dict[str, Any], spec: deploy.DeploymentSpec) -> dict[str, Any]:
+    found = [d for d in prefect_yaml["deployments"] if d["entrypoint"] == spec.entrypoint]
+    assert len(found) == 1, f"prefect.yaml should have one deployment of {spec.entrypoint}"
+    return found[0]
+
+
+def test_prefect_yaml_is_valid_for_prefect_deploy(prefect_yaml: dict[str, Any]) -> None:
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(prefect_yaml)
+    assert len(model.deployments) == len(deploy.DEPLOYMENTS) == 3
+
+
+def test_prefect_yaml_shares_pool_and_schedules_through_anchors() -> None:
+    text = PREFECT_YAML.read_text()
+    assert text.count("*seqcast_pool") == 3 and "&seqcast_pool" in text
+    assert "&nightly_train" in text and "*nightly_train" in text
+    assert "&nightly_forecast" in text and "*nightly_forecast" in text
+
+
+@pytest.mark.parametrize("spec", deploy.DEPLOYMENTS, ids=lambda s: s.full_name)
+def test_prefect_yaml_matches_deploy_py(prefect_yaml: dict[str, Any], spec: deploy.DeploymentSpec) -> None:
+    entry = _yaml_deployment(prefect_yaml, spec)
+    assert entry["name"] == spec.name
+    assert entry["work_pool"]["name"] == deploy.WORK_POOL
+    assert entry["parameters"] == spec.parameters
+    assert entry["tags"] == list(spec.tags)
+    assert entry.get("enforce_parameter_schema") is True
+
+    crons = {"train": deploy.CRON_TRAIN, "forecast": deploy.CRON_FORECAST}
+    if spec.schedule is None:
+        assert entry["schedules"] == []
+    else:
+        [schedule] = entry["schedules"]
+        assert schedule["cron"] == crons[spec.schedule]
+        assert schedule["timezone"] == "{{ $" + deploy.ENV_TIMEZONE + " }}"
+        assert schedule["slug"] == spec.schedule_slug
+        assert schedule.get("active", True) is True
+        assert schedule.get("parameters", {}) == spec.schedule_parameters
+
+    limit = entry.get("concurrency_limit")
+    if spec.concurrency_limit is None:
+        assert limit is None
+    else:
+        assert limit == {"limit": spec.concurrency_limit, "collision_strategy": "ENQUEUE"}
+
+
+def test_prefect_yaml_pull_step_enters_the_project(prefect_yaml: dict[str, Any]) -> None:
+    assert prefect_yaml["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $" + deploy.ENV_PROJECT_DIR + " }}"}}
+    ]
+    assert prefect_yaml.get("build") is None and prefect_yaml.get("push") is None
+
+
+def test_deployment_names_and_entrypoints_follow_the_flow_contract() -> None:
+    assert [s.full_name for s in deploy.DEPLOYMENTS] == [
+        "seqcast-train/nightly",
+        "seqcast-forecast/nightly",
+        "seqcast-backfill/on-demand",
+    ]
+    for spec in deploy.DEPLOYMENTS:
+        path, function = spec.entrypoint.split(":")
+        assert path.startswith("flows/") and function.endswith("_flow")
+    train = deploy.DEPLOYMENTS[0]
+    assert train.concurrency_limit == 1 and train.schedule == "train"
+    assert train.schedule_parameters == {"trigger": "schedule"}
+    assert deploy.DEPLOYMENTS[2].schedule is None, "backfill runs on demand only"
+
+
+def test_defaults() -> None:
+    assert (deploy.WORK_POOL, deploy.CRON_TRAIN, deploy.CRON_FORECAST, deploy.TIMEZONE) == (
+        "seqcast",
+        "0 2 * * *",
+        "0 3 * * *",
+        "UTC",
+    )
+
+
+# ------------------------------------------------------------------------------------------ options and errors
+
+
+def test_bad_timezone_names_the_option_before_anything_is_registered() -> None:
+    with pytest.raises(deploy.DeployError) as info:
+        deploy.deploy_all(api_url="http://127.0.0.1:9/api", timezone="Europe/Londn")
+    assert str(info.value) == (
+        "`timezone` ('Europe/Londn') is not an IANA time zone; use a name such as 'UTC' or 'Europe/London'"
+    )
+
+
+def test_bad_cron_names_the_option() -> None:
+    with pytest.raises(deploy.DeployError, match=r"^`cron_forecast` \('0 25 \* \* \*'\) is not a cron string"):
+        deploy.deploy_all(api_url="http://127.0.0.1:9/api", cron_forecast="0 25 * * *")
+
+
+def test_project_without_the_flows_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(deploy.DeployError, match=r"has no flows/train.py, flows/forecast.py, flows/backfill.py"):
+        deploy.deploy_all(api_url="http://127.0.0.1:9/api", project_dir=tmp_path)
+
+
+def test_unreachable_api_is_a_clear_error(tmp_path: Path) -> None:
+    for spec in deploy.DEPLOYMENTS:
+        target = tmp_path / spec.entrypoint.split(":")[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("")
+    with pytest.raises(deploy.DeployError, match=r"^cannot reach the Prefect API at http://127.0.0.1:9/api"):
+        deploy.deploy_all(api_url="http://127.0.0.1:9/api", project_dir=tmp_path)
+
+
+def test_deploy_command_reads_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_deploy_all(**kwargs: Any) -> dict[str, str]:
+        seen.update(kwargs)
+        return {spec.full_name: f"id-{i}" for i, spec in enumerate(deploy.DEPLOYMENTS)}
+
+    monkeypatch.setattr(deploy, "deploy_all", fake_deploy_all)
+    monkeypatch.setenv(deploy.ENV_TIMEZONE, "Europe/London")
+    monkeypatch.setenv(deploy.ENV_WORK_POOL, "nightly-pool")
+    monkeypatch.delenv(deploy.ENV_TRAIN_CRON, raising=False)
+    monkeypatch.delenv(deploy.ENV_FORECAST_CRON, raising=False)
+    ids = deploy.deploy_command(forecast_cron="0 4 * * *")
+    assert seen == {
+        "api_url": None,
+        "work_pool": "nightly-pool",
+        "cron_train": deploy.CRON_TRAIN,
+        "cron_forecast": "0 4 * * *",
+        "timezone": "Europe/London",
+        "project_dir": None,
+    }
+    assert ids["seqcast-backfill/on-demand"] == "id-2"
+
+
+def test_main_reports_errors_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert deploy.main(["--timezone", "Mars/Olympus", "--api-url", "http://127.0.0.1:9/api"]) == 1
+    assert "seqcast deploy: `timezone` ('Mars/Olympus') is not an IANA time zone" in capsys.readouterr().err
+
+
+def test_importing_deploy_does_not_import_prefect() -> None:
+    """`seqcast --help` must stay fast: the deploy module imports Prefect only when it deploys."""
+    code = "import sys, flows.deploy; print('prefect' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def _project(tmp_path: Path, train_source: str) -> Path:
+    for spec in deploy.DEPLOYMENTS:
+        target = tmp_path / spec.entrypoint.split(":")[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("")
+    (tmp_path / "flows" / "train.py").write_text(train_source)
+    return tmp_path
+
+
+def test_flow_that_fails_to_import_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy, "_check_api", lambda: "test")
+    project = _project(tmp_path, "raise ImportError('torch is missing')\n")
+    with pytest.raises(deploy.DeployError, match=r"^cannot load flows/train.py:train_flow from .*torch is missing"):
+        deploy.deploy_all(project_dir=project)
+
+
+def test_flow_with_another_name_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy, "_check_api", lambda: "test")
+    pools: list[str] = []
+    monkeypatch.setattr(deploy, "ensure_work_pool", pools.append)
+    project = _project(
+        tmp_path, "from prefect import flow\n\n@flow(name='train')\ndef train_flow() -> None:\n    pass\n"
+    )
+    with pytest.raises(deploy.DeployError, match=r"defines a flow named 'train'; seqcast expects 'seqcast-train'"):
+        deploy.deploy_all(project_dir=project)
+    assert pools == [], "nothing is registered, not even the pool, when one deployment cannot be built"
