@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, cast
 
 import click
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
-NOT_IMPLEMENTED_EXIT = 2
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -174,9 +173,9 @@ def train_command(series: tuple[str, ...], as_of: Any, cells: tuple[str, ...], *
 @click.option("--source", default="sample:electricity", show_default=True, help="What to ingest first.")
 def demo_command(source: str, cells: tuple[str, ...], **options: Any) -> None:
     """Run the whole pipeline on the embedded stores with sample:electricity (ingest, train, forecast)."""
-    from flows.demo import demo_flow
+    from flows.demo import DemoSummary, demo_flow
 
-    summary = demo_flow(source=source, cells=list(cells) or None, **options)
+    summary = cast("DemoSummary", demo_flow(source=source, cells=list(cells) or None, **options))
     _print_training(summary.training)
     click.echo("")
     for line in summary.next_steps:
@@ -201,27 +200,155 @@ def _print_training(summary: Any) -> None:
     )
 
 
+_DATETIME = click.DateTime(
+    formats=[
+        "%Y-%m-%d",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S%z",
+        "%Y-%m-%d %H:%M:%S%z",
+    ]
+)
+
+
+def _model_options(function: Any) -> Any:
+    """Options shared by `forecast` and `backfill`: which registered version to use."""
+    options = [
+        click.option(
+            "--alias",
+            "model_alias",
+            default="champion",
+            show_default=True,
+            metavar="ALIAS",
+            help="Registered-model alias to forecast with.",
+        ),
+        click.option(
+            "--version",
+            "model_version",
+            metavar="N",
+            help="Registered-model version to forecast with (wins over --alias).",
+        ),
+        click.option(
+            "--series",
+            multiple=True,
+            metavar="ID",
+            help="Forecast these series only (repeatable; default all).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @cli.command("forecast")
-def forecast_command() -> None:
-    """Write the champion's forecasts to the forecasts table."""
-    _not_implemented("forecast")
+@_model_options
+@click.option(
+    "--as-of",
+    type=_DATETIME,
+    metavar="TIME",
+    help="Forecast from the observations up to this time (UTC unless it has an offset; default now).",
+)
+@click.option(
+    "--stale-policy",
+    type=click.Choice(["skip", "fail"]),
+    default="skip",
+    show_default=True,
+    help="A series that is stale, too short, gapped or unknown to the model: skip and list it, or fail the run.",
+)
+def forecast_command(
+    model_alias: str, model_version: str | None, series: tuple[str, ...], as_of: Any, stale_policy: str
+) -> None:
+    """Write the champion's forecasts from each series' last observation to the forecasts table."""
+    from flows.forecast import forecast_flow
+
+    summary = forecast_flow(
+        model_alias=model_alias,
+        model_version=model_version,
+        series=list(series) or None,
+        as_of=as_of,
+        stale_policy="fail" if stale_policy == "fail" else "skip",
+    )
+    click.echo(
+        f"wrote {summary.rows_written} rows to {summary.table} ({summary.database}) with "
+        f"{summary.model_name} v{summary.model_version} (MLflow run {summary.mlflow_run_id}), as of {summary.as_of}"
+    )
+    origins = sorted(set(summary.origins.values()))
+    if len(origins) == 1:
+        click.echo(f"  origin {origins[0]} for {len(summary.origins)} series")
+    else:
+        width = max([6, *(len(_printable(s)) for s in summary.origins)])
+        for sid, origin in summary.origins.items():
+            click.echo(f"  {_printable(sid):<{width}}  origin {origin}")
+    _print_skipped(summary.skipped, counts=False)
+    click.echo("read them with:")
+    click.echo(f"  {summary.command}")
 
 
 @cli.command("backfill")
-def backfill_command() -> None:
+@click.option("--start", type=_DATETIME, required=True, metavar="TIME", help="First origin time (UTC unless offset).")
+@click.option("--end", type=_DATETIME, required=True, metavar="TIME", help="Last origin time (UTC unless offset).")
+@click.option(
+    "--every",
+    metavar="ALIAS",
+    help="Spacing of origins as a pandas offset alias, e.g. 1D, 6h, 30min (default: the series frequency).",
+)
+@_model_options
+def backfill_command(
+    start: Any, end: Any, every: str | None, model_alias: str, model_version: str | None, series: tuple[str, ...]
+) -> None:
     """Forecasts that would have been made at each past origin in a date range, from the data known then."""
-    _not_implemented("backfill")
+    from flows.backfill import backfill_flow
+
+    summary = backfill_flow(
+        start=start,
+        end=end,
+        every=every,
+        model_alias=model_alias,
+        model_version=model_version,
+        series=list(series) or None,
+    )
+    click.echo(
+        f"backfilled {summary.start} .. {summary.end} every {summary.every} with {summary.model_name} "
+        f"v{summary.model_version} (MLflow run {summary.mlflow_run_id})"
+    )
+    click.echo(
+        f"  {summary.origins_planned} origins over {len(summary.series)} series "
+        f"({summary.first_origin} .. {summary.last_origin}): {summary.origins_written} forecast now, "
+        f"{summary.origins_existing} already in {summary.table}"
+    )
+    click.echo(f"  wrote {summary.rows_written} rows in {summary.chunks} transactions to {summary.database}")
+    _print_skipped(summary.skipped, counts=True)
+    click.echo("read them with:")
+    click.echo(f"  {summary.command}")
+
+
+def _print_skipped(skipped: Sequence[Any], counts: bool) -> None:
+    if not skipped:
+        return
+    click.echo(f"skipped {len(skipped)} series" if not counts else f"skipped origins of {len(skipped)} series")
+    for s in skipped:
+        count = f" ({s.origins} origins)" if counts else ""
+        click.echo(f"  {_printable(s.series_id)}{count}: {s.reason}")
 
 
 @cli.command("deploy")
-def deploy_command() -> None:
-    """Create the Prefect deployments (nightly training, scheduled forecasts) with their schedules."""
-    _not_implemented("deploy")
+@click.option("--work-pool", metavar="NAME", help="Process work pool to use (default: SEQCAST_WORK_POOL or seqcast).")
+@click.option(
+    "--train-cron", metavar="CRON", help="Nightly training schedule (default: SEQCAST_TRAIN_CRON or 0 2 * * *)."
+)
+@click.option(
+    "--forecast-cron", metavar="CRON", help="Forecast schedule (default: SEQCAST_FORECAST_CRON or 0 3 * * *)."
+)
+@click.option("--timezone", metavar="ZONE", help="Time zone of both schedules (default: SEQCAST_TIMEZONE or UTC).")
+def deploy_command(
+    work_pool: str | None, train_cron: str | None, forecast_cron: str | None, timezone: str | None
+) -> None:
+    """Register the deployments on the Prefect API: nightly training, scheduled forecasts, on-demand backfill."""
+    from flows.deploy import deploy_command as deploy
 
-
-def _not_implemented(name: str) -> NoReturn:
-    click.echo(f"seqcast {name}: not implemented yet", err=True)
-    raise click.exceptions.Exit(NOT_IMPLEMENTED_EXIT)
+    deploy(work_pool=work_pool, train_cron=train_cron, forecast_cron=forecast_cron, timezone=timezone)
 
 
 def _printable(text: str, limit: int = 80) -> str:
@@ -255,7 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error_message(exc: BaseException) -> str:
     """One message for an error: ours as written, database errors without SQL or passwords, others with their type."""
-    expected = {"DataValidationError", "SourceError", "SchemaVersionError", "RegistryError", "TrainingDivergedError"}
+    expected = {
+        "DataValidationError",
+        "SourceError",
+        "SchemaVersionError",
+        "RegistryError",
+        "TrainingDivergedError",
+        "ForecastInputError",
+        "BackfillRangeError",
+        "DeployError",
+    }
     if type(exc).__name__ in expected:
         return str(exc)
     if type(exc).__module__.startswith("sqlalchemy"):

@@ -191,7 +191,9 @@ def test_unreachable_database_is_one_message_without_the_password(
     assert err.count("\n") == 1 and "hunter2" not in err
 
 
-@pytest.mark.parametrize("command", ["train", "demo", "forecast", "backfill", "deploy"])
-def test_placeholder_commands_say_not_implemented(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([command]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_deploy_without_a_prefect_server_is_one_clear_error() -> None:
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:1/api"}
+    done = subprocess.run(["seqcast", "deploy"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot reach the Prefect API at http://127.0.0.1:1/api")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
