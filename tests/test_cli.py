@@ -193,7 +193,7 @@ def test_unreachable_database_is_one_message_without_the_password(
 
 def test_deploy_without_a_prefect_server_is_one_clear_error() -> None:
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:1/api"}
-    done = subprocess.run(["seqcast", "deploy"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    done = subprocess.run([*_seqcast(), "deploy"], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot reach the Prefect API at http://127.0.0.1:1/api")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
