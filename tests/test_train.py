@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,15 @@ from tasks.train import TrainConfig, _validation_loss, fit_forecaster, train_can
 from tasks.windowing import WindowConfig, WindowedData, prepare_windows
 
 LOOKBACK, HORIZON = 24, 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tests share a small machine: one torch thread avoids OpenMP spin-waits when the cores are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def frame_of(values: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -94,7 +105,7 @@ def test_plateau_schedule_halves_the_learning_rate_when_validation_stalls() -> N
 def test_num_threads_is_restored() -> None:
     before = torch.get_num_threads()
     data = windows({"s": np.sin(np.arange(200) / 3.0)})
-    fit_forecaster(data, config(max_epochs=1, num_threads=1))
+    fit_forecaster(data, config(max_epochs=1, num_threads=2))
     assert torch.get_num_threads() == before
 
 
