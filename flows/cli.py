@@ -359,6 +359,8 @@ def _printable(text: str, limit: int = 80) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `seqcast` console script; returns the exit code."""
+    # Prefect's temporary local server would otherwise try to send usage analytics on every command.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="seqcast", standalone_mode=False)
     except click.ClickException as exc:  # usage errors: click's own message and exit code 2
