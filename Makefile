@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
 
-.PHONY: help install dev demo test lint bench clean
+.PHONY: help install dev demo test bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ test: dev ## Install the test extras, then lint, type-check and run the whole te
 	$(BIN)/pytest -q
 
 bench: install ## Run the benchmarks against Darts and NeuralForecast (installs the bench extra)
-	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/pip install --quiet "$(TORCH_CPU)" -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
 
 clean: ## Remove the virtual environment and the embedded stores

@@ -1,0 +1,1 @@
+"""seqcast benchmarks: `python benchmarks/run.py` (see docs/benchmarks.md). Not part of the installed package."""

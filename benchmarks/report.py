@@ -1,0 +1,288 @@
+"""results dict -> Markdown (benchmarks/results/latest.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _ratio(seq: dict[str, Any], other: dict[str, Any]) -> str:
+    return f"{seq['windows_per_s'] / other['windows_per_s']:.2f}"
+
+
+def _speed_rows(section: dict[str, Any], with_test: bool) -> list[str]:
+    entries = section.get("entries", [])
+    header = ["cell", "tool", "windows", "wall s", "windows/s", "loop windows/s", "GFLOP/s", "peak RSS delta MiB"]
+    header.append("seqcast / tool (speed)")
+    if with_test:
+        header += ["test MAE", "test MASE"]
+    rows = []
+    for e in entries:
+        seq = next((x for x in entries if x["tool"] == "seqcast" and x["cell"] == e["cell"]), None)
+        row = [
+            e["cell"],
+            e["tool"],
+            e["windows"],
+            f"{e['wall_s']:.2f}",
+            e["windows_per_s"],
+            e.get("loop_windows_per_s"),
+            e.get("gflops_per_s"),
+            e["peak_rss_delta_mib"],
+            _ratio(seq, e) if seq else "-",
+        ]
+        if with_test:
+            row += [f"{e['test']['mae']:.1f}", f"{e['test']['mase']:.3f}"]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    meta = results["meta"]
+    lines = [
+        "# seqcast benchmark results",
+        "",
+        f"Mode: **{meta['mode']}**, started {meta['started']}, {meta.get('total_s', 0):.0f} s in all. "
+        f"Load average at start {meta.get('load_average_start')}, at end {meta.get('load_average_end')} "
+        f"(above {m.get('usable_cpus')} means other processes shared the cores).",
+        "",
+        f"Machine: {m['cpu_model']} (family {m.get('cpu_family')}, {m.get('cpu_mhz')} MHz), "
+        f"{m['usable_cpus']} usable cores, {m['memory_gib']} GiB, SIMD {', '.join(m['simd'])}; "
+        f"torch {m['torch']} ({m['blas']}, oneDNN {m['mkldnn']}), {m['torch_threads']} threads for every entry, "
+        f"OMP_WAIT_POLICY={m.get('omp_wait_policy')}; "
+        f"float32 matmul peak in-process {m['matmul_peak_gflops']} GFLOP/s.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
+        "",
+    ]
+    if meta.get("skipped"):
+        lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in meta["skipped"].items()), ""]
+
+    targets = results.get("targets", [])
+    if targets:
+        lines += ["## Targets", ""]
+        lines += _table(
+            ["target", "value", "met"], [[t["name"], str(t["value"]), "met" if t["met"] else "MISSED"] for t in targets]
+        )
+
+    ratios = results.get("ratios", {})
+    if ratios:
+        lines += [
+            "## Ratios",
+            "",
+            "Speed ratios are seqcast windows/s over the other entry's (above 1: seqcast is "
+            "faster); memory ratios seqcast's peak RSS delta over the other's; MAE ratios seqcast's test MAE "
+            "over the other's (below 1: seqcast is more accurate).",
+            "",
+        ]
+        rows = []
+        for key, value in ratios.items():
+            if isinstance(value, dict):
+                rows += [[key, k, str(v)] for k, v in value.items()]
+            else:
+                rows.append([key, "", str(value)])
+        lines += _table(["section", "ratio", "value"], rows)
+
+    speed = results.get("speed", {})
+    if speed.get("entries"):
+        lines += [
+            "## Speed: hourly temperatures",
+            "",
+            f"{speed['data']}; lookback {speed['lookback']}, horizon {speed['horizon']}, "
+            f"{speed['layers']}x{speed['hidden']}, batch {speed['batch']}, {speed['windows']:,} windows per entry. "
+            "Wall = the whole fit call (seqcast's includes its validation pass every epoch; the peers here validate "
+            "nothing); loop = the training loop alone (seqcast's own counter, Lightning's first batch to train end). "
+            f"Best of {speed.get('rounds', 1)} interleaved rounds. Memory: " + speed.get("memory_method", "") + ".",
+            "",
+        ]
+        lines += _speed_rows(speed, with_test=False)
+    elif "error" in speed:
+        lines += ["## Speed", "", f"FAILED: {speed['error']}", ""]
+
+    acc = results.get("accuracy", {})
+    if acc.get("entries"):
+        lines += [
+            "## Accuracy at an equal budget: electricity",
+            "",
+            f"{acc['data']}; lookback {acc['lookback']}, horizon {acc['horizon']}, {acc['layers']}x{acc['hidden']}, "
+            f"batch {acc['batch']}, {acc['epochs']} epochs = {acc['windows']:,} windows each; "
+            f"{acc['test_windows']} test windows. MAE in MW, MASE against the daily (48) season.",
+            "",
+        ]
+        lines += _speed_rows(acc, with_test=True)
+        lines += _table(
+            ["baseline", "test MAE", "test MASE"],
+            [[k, f"{v['mae']:.1f}", f"{v['mase']:.3f}"] for k, v in acc["baselines"].items()],
+        )
+
+    tta = results.get("time_to_accuracy", {})
+    if tta.get("runs"):
+        lines += ["## Time to accuracy: electricity, LSTM", "", tta["rule"], ""]
+        if "target_mae" in tta:
+            lines += [f"Target MAE {tta['target_mae']:.1f} (best peer: {tta['best_peer']}).", ""]
+        rows = []
+        for tool, run in tta["runs"].items():
+            hit = tta.get("time_to_target_s", {}).get(tool, {})
+            reached = (
+                f"{hit['seconds']:.1f}"
+                if hit.get("reached")
+                else (f"not within {hit['lower_bound_s']:.0f}" if hit else "-")
+            )
+            best = min((p["test_mae"] for p in run.get("curve", [])), default=None)
+            rows.append(
+                [
+                    tool,
+                    run["windows"],
+                    run["wall_s"],
+                    f"{run['final_test']['mae']:.1f}",
+                    f"{run['final_test']['mase']:.3f}",
+                    "-" if best is None else f"{best:.1f}",
+                    reached,
+                    str(tta.get("speedup_seqcast_vs_peer", {}).get(tool, "")),
+                    str(tta.get("speedup_seqcast_defaults_vs_peer", {}).get(tool, "")),
+                ]
+            )
+        lines += _table(
+            [
+                "tool",
+                "windows",
+                "train s",
+                "final MAE",
+                "final MASE",
+                "best checkpoint MAE",
+                "s to target",
+                "tool s / seqcast (tuned) s",
+                "tool s / seqcast (defaults) s",
+            ],
+            rows,
+        )
+        lines += [f"seqcast (tuned) settings: `{tta['seqcast_settings']}`; seqcast_defaults: TrainConfig defaults.", ""]
+    elif tta.get("skipped"):
+        lines += ["## Time to accuracy", "", f"Skipped: {tta['skipped']}", ""]
+
+    scaling = results.get("scaling", {})
+    if scaling.get("sets"):
+        lines += ["## Many series: cost against the number of series", ""]
+        lines += [scaling["shape"] + ". " + scaling["rule"], ""]
+        rows = []
+        for s in scaling["sets"]:
+            for e in s["entries"]:
+                rows.append(
+                    [
+                        f"{s['series']} x {s['steps']}",
+                        e["tool"],
+                        e["windows"],
+                        f"{e['wall_s']:.2f}",
+                        e["windows_per_s"],
+                        "-" if e.get("setup_s") is None else f"{e['setup_s']:.3f}",
+                        e["peak_rss_delta_mib"],
+                        s["prepare_s"]
+                        if e["tool"] == "seqcast"
+                        else (s.get("darts_from_group_dataframe_s", "") if e["tool"] == "darts" else ""),
+                    ]
+                )
+        lines += _table(
+            ["set", "tool", "windows", "wall s", "windows/s", "set-up s", "peak RSS delta MiB", "own ingest s"],
+            rows,
+        )
+
+    store = results.get("store", {})
+    if "sqlite" in store:
+        lines += ["## Forecast writes", ""]
+        lines += [f"{store['rows']:,} rows ({store['shape']}), best of {store['repeats']}.", ""]
+        rows = []
+        for backend in ("sqlite", "postgresql"):
+            b = store.get(backend, {})
+            if "skipped" in b:
+                rows.append([backend, b["skipped"], "", "", "", "", ""])
+                continue
+            if "upsert_rows_per_s" not in b:
+                continue
+            bd = b["breakdown_s"]
+            rows.append(
+                [
+                    backend,
+                    b["upsert_rows_per_s"],
+                    b["upsert_replace_rows_per_s"],
+                    b["bulk_insert_rows_per_s"],
+                    str(b["ratio_upsert_vs_bulk"]),
+                    f"{bd['forecast_rows_conversion']:.3f} / {bd['upsert_execute_only']:.3f}",
+                    f"{bd['fast_rows_conversion']:.3f} / {bd['bulk_execute_only']:.3f}",
+                ]
+            )
+        lines += _table(
+            [
+                "backend",
+                "upsert rows/s (new)",
+                "upsert rows/s (replace)",
+                "bulk insert rows/s",
+                "upsert / bulk",
+                "upsert: convert s / execute s",
+                "bulk: convert s / execute s",
+            ],
+            rows,
+        )
+
+    win = results.get("windowing", {})
+    if "peak_rss_delta_mib" in win:
+        lines += [
+            "## Windowing memory",
+            "",
+            f"prepare_windows on {win['series']:,} x {win['steps_per_series']:,} (lookback {win['lookback']}, "
+            f"horizon {win['horizon']}, {win['windows']:,} windows) in {win['prepare_windows_s']} s: peak RSS delta "
+            f"{win['peak_rss_delta_mib']} MiB = **{win['ratio_peak_vs_raw']}x** the raw values "
+            f"({win['raw_values_mib']} MiB as float64; the input frame is {win['input_frame_mib']} MiB); "
+            f"{win['kept_after_mib']} MiB kept in the result.",
+            "",
+        ]
+        lines += _table(["step", "own peak MiB"], [[k, v] for k, v in win["step_peaks_mib"].items()])
+
+    prof = results.get("profile", {})
+    if "seqcast_fit_forecaster" in prof:
+        lines += ["## Profile: one epoch, per training step", "", prof["data"] + ". " + prof["note"] + ".", ""]
+        seq, bare = prof["seqcast_fit_forecaster"], prof["bare_loop"]
+        lines += _table(
+            ["", "wall ms/step", "inside ops ms/step", "outside ops ms/step", "inside fraction"],
+            [
+                [
+                    "seqcast fit_forecaster",
+                    seq["wall_ms_per_step"],
+                    seq["inside_ops_ms_per_step"],
+                    seq["outside_ops_ms_per_step"],
+                    seq["inside_ops_fraction"],
+                ],
+                [
+                    "bare loop",
+                    bare["wall_ms_per_step"],
+                    bare["inside_ops_ms_per_step"],
+                    bare["outside_ops_ms_per_step"],
+                    bare["inside_ops_fraction"],
+                ],
+            ],
+        )
+        groups = sorted(set(seq["groups_ms_per_step"]) | set(bare["groups_ms_per_step"]))
+        lines += _table(
+            ["op group", "seqcast ms/step", "bare ms/step"],
+            [[g, seq["groups_ms_per_step"].get(g, 0.0), bare["groups_ms_per_step"].get(g, 0.0)] for g in groups],
+        )
+        lines += _table(["seqcast top ops", "ms/step"], [[k, v] for k, v in seq["top_ops_ms_per_step"].items()])
+
+    errors = meta.get("errors")
+    if errors:
+        lines += ["## Errors", ""] + [f"- {name}: see latest.json" for name in errors] + [""]
+    return "\n".join(lines)
