@@ -73,7 +73,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         flow_name="seqcast-train",
         name="nightly",
         entrypoint="flows/train.py:train_flow",
-        parameters={"series": None, "cells": ["lstm", "gru"], "lookback": 336, "horizon": 48, "max_epochs": 20},
+        parameters={"series": None, "cells": ["lstm", "gru"], "lookback": 336, "horizon": 48, "max_epochs": 60},
         schedule="train",
         # scheduled runs say so in MLflow (trigger tag); runs started by hand default to "manual"
         schedule_parameters={"trigger": "schedule"},
