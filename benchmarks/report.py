@@ -171,7 +171,11 @@ def markdown(results: dict[str, Any]) -> str:
             ],
             rows,
         )
-        lines += [f"seqcast (tuned) settings: `{tta['seqcast_settings']}`; seqcast_defaults: TrainConfig defaults.", ""]
+        lines += [
+            f"seqcast (tuned) settings: `{tta['seqcast_settings']}`; "
+            "seqcast_defaults: the TrainConfig class defaults (2x64, batch 256, lr 1e-3).",
+            "",
+        ]
     elif tta.get("skipped"):
         lines += ["## Time to accuracy", "", f"Skipped: {tta['skipped']}", ""]
 

@@ -55,7 +55,7 @@ SEQCAST_TUNED: dict[str, Any] = {
 }
 
 
-# seqcast's TrainConfig defaults (2x64, batch 256, AdamW 1e-3, plateau, patience 5, clip 1.0, 30 epochs, all threads)
+# TrainConfig class defaults: 2x64, batch 256, AdamW 1e-3, plateau, patience 5, clip 1.0, 30 epochs, all threads
 SEQCAST_DEFAULTS: dict[str, Any] = {
     "cell": "lstm",
     "hidden_size": 64,
@@ -341,7 +341,7 @@ def section_time_to_accuracy(sizes: Sizes, tools: list[str], skipped: dict[str, 
     r = train_seqcast(data, _shape_of(settings), epochs, curve=curve, overrides={**settings, "max_epochs": epochs})
     assert r.predicted is not None
     out["runs"]["seqcast"] = {**r.to_dict(), "final_test": _rounded(evaluate(r.predicted)["model"])}
-    log("time to accuracy: seqcast at its TrainConfig defaults (for reference)")
+    log("time to accuracy: seqcast at the TrainConfig class defaults (for reference)")
     curve = Curve(score=score, clock=common.Stopwatch(), max_seconds=sizes.tta_cap_s)
     r = train_seqcast(data, _shape_of(SEQCAST_DEFAULTS), 30, curve=curve, overrides=SEQCAST_DEFAULTS)
     assert r.predicted is not None

@@ -361,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `seqcast` console script; returns the exit code."""
     # Prefect's temporary local server would otherwise try to send usage analytics on every command.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # OpenMP threads that spin while waiting cut RNN training 3-10x when the cores are shared (docs/benchmarks.md);
+    # this must be set before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="seqcast", standalone_mode=False)
     except click.ClickException as exc:  # usage errors: click's own message and exit code 2
