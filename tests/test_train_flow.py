@@ -1,0 +1,78 @@
+"""The training flow end to end on real stores: SQLite and PostgreSQL, a real MLflow store, Prefect's harness."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks import registry, store
+from tasks.validate import DataValidationError
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+
+TINY = {"lookback": 48, "horizon": 12, "hidden_size": 8, "num_layers": 1, "max_epochs": 1, "batch_size": 256}
+
+
+@pytest.fixture
+def train_env(db_url: str, seqcast_home: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Settings pointing at `db_url` and the session MLflow store, with a model name of this test's own."""
+    from tasks.settings import get_settings
+
+    name = f"model-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SEQCAST_DATABASE_URL", db_url)
+    monkeypatch.setenv("SEQCAST_MLFLOW_TRACKING_URI", mlflow_store)
+    monkeypatch.setenv("SEQCAST_REGISTERED_MODEL", name)
+    monkeypatch.setenv("SEQCAST_EXPERIMENT", name)
+    get_settings.cache_clear()
+    return name
+
+
+def _electricity(days: int = 20) -> pd.DataFrame:
+    frame = pd.read_csv(Path(__file__).parents[1] / "tasks" / "samples" / "electricity.csv.gz")
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame.head(days * 48)
+
+
+def test_train_flow_logs_lstm_and_gru_children_and_registers_one_version(train_env: str, db_url: str) -> None:
+    from flows.train import train_flow
+
+    store.upsert_observations(store.get_engine(db_url), _electricity())
+    summary = train_flow(**TINY)
+
+    assert [c.cell for c in summary.candidates] == ["lstm", "gru"]
+    client = registry.get_client()
+    children = client.search_runs(
+        [summary.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
+    )
+    assert sorted(r.data.tags["seqcast.cell"] for r in children) == ["gru", "lstm"]
+    for run in children:
+        assert {"test_mae", "test_mase", "seasonal_naive_test_mase", "train_loss"} <= set(run.data.metrics)
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.tags["seqcast.trigger"] == "manual" and "data.test_start" in parent.data.tags
+    versions = client.search_model_versions(f"name = '{train_env}'")
+    assert [str(v.version) for v in versions] == [summary.version]
+    alias = registry.get_alias(train_env, summary.alias)
+    assert alias is not None and str(alias.version) == summary.version
+
+
+def test_a_series_too_short_for_the_window_stops_before_anything_is_registered(train_env: str, db_url: str) -> None:
+    from flows.train import train_flow
+
+    store.upsert_observations(store.get_engine(db_url), _electricity(days=1))
+    with pytest.raises(DataValidationError, match="england_wales_demand"):
+        train_flow(**TINY)
+    assert registry.get_client().search_model_versions(f"name = '{train_env}'") == []
+
+
+def test_a_gap_in_stored_observations_stops_the_flow_before_training(train_env: str, db_url: str) -> None:
+    from flows.train import train_flow
+
+    frame = _electricity()
+    store.upsert_observations(store.get_engine(db_url), frame.drop(index=[300, 301, 302]))
+    with pytest.raises(DataValidationError, match="gap"):
+        train_flow(**TINY)
+    experiment = registry.get_client().get_experiment_by_name(train_env)
+    assert experiment is None or registry.get_client().search_runs([experiment.experiment_id]) == []
