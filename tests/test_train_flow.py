@@ -27,6 +27,11 @@ def train_env(db_url: str, seqcast_home: Path, mlflow_store: str, monkeypatch: p
     monkeypatch.setenv("SEQCAST_REGISTERED_MODEL", name)
     monkeypatch.setenv("SEQCAST_EXPERIMENT", name)
     get_settings.cache_clear()
+    import mlflow
+
+    # set here too: a flow that fails before configuring MLflow must still be checked against this store
+    mlflow.set_tracking_uri(mlflow_store)
+    mlflow.set_registry_uri(mlflow_store)
     return name
 
 
