@@ -39,6 +39,9 @@ ENV_TRAIN_CRON = "SEQCAST_TRAIN_CRON"
 ENV_FORECAST_CRON = "SEQCAST_FORECAST_CRON"
 ENV_TIMEZONE = "SEQCAST_TIMEZONE"
 ENV_PROJECT_DIR = "SEQCAST_PROJECT_DIR"
+# Set in every flow run's process: a worker may run flows side by side, and OpenMP threads that spin while they
+# wait cut RNN training 3-10x on shared cores (docs/benchmarks.md). It must be set before torch loads.
+FLOW_RUN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 class DeployError(RuntimeError):
@@ -226,6 +229,7 @@ def build_deployment(
         parameters=dict(spec.parameters),
         tags=list(spec.tags),
         work_pool_name=work_pool,
+        job_variables={"env": dict(FLOW_RUN_ENV)},
         enforce_parameter_schema=True,
         _sync=True,
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow
+from prefect.client.schemas.objects import FlowRun, State
 
 from tasks import evaluate, registry
 from tasks.run_context import Trigger, resolve_run_context
@@ -43,7 +45,16 @@ class TrainSummary:
     candidates: list[CandidateSummary] = field(default_factory=list)
 
 
-@flow(name="seqcast-train", log_prints=True)
+def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
+    """On failure or crash: the MLflow runs this flow run opened are marked FAILED instead of left RUNNING."""
+    settings = get_settings()
+    experiment = flow_run.parameters.get("experiment") or settings.experiment
+    closed = registry.fail_open_runs(settings.tracking_uri, experiment, str(flow_run.id))
+    if closed:
+        logging.getLogger(__name__).warning("marked %d MLflow runs FAILED: %s", len(closed), ", ".join(closed))
+
+
+@flow(name="seqcast-train", log_prints=True, on_failure=[close_failed_runs], on_crashed=[close_failed_runs])
 def train_flow(
     series: list[str] | None = None,
     cells: list[Literal["lstm", "gru"]] | None = None,
@@ -101,7 +112,8 @@ def train_flow(
     experiment_id = registry.configure_mlflow_task(
         settings.tracking_uri, experiment or settings.experiment, settings.artifact_root
     )
-    parent_run_id = registry.start_run_task(experiment_id, f"train {context.as_of:%Y-%m-%d %H:%M}", {})
+    run_tags = context.mlflow_tags()
+    parent_run_id = registry.start_run_task(experiment_id, f"train {context.as_of:%Y-%m-%d %H:%M}", run_tags)
     registry.log_training_data_task(parent_run_id, frame, data, context, {"seqcast.validation": str(report.json_path)})
 
     config = TrainConfig(
@@ -118,7 +130,7 @@ def train_flow(
     )
     candidates = []
     for cell in cells:
-        run_id = registry.start_run_task(experiment_id, cell, {"seqcast.cell": cell}, parent_run_id=parent_run_id)
+        run_id = registry.start_run_task(experiment_id, cell, {**run_tags, "seqcast.cell": cell}, parent_run_id)
         fit = train_candidate_task(data, config.model_copy(update={"cell": cell}), registry.epoch_logger(run_id))
         predicted = evaluate.forecast_test_windows_task(fit, data)
         scores = evaluate.evaluate_task(

@@ -105,6 +105,28 @@ def end_run(run_id: str, failed: bool = False) -> None:
     get_client().set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
+def fail_open_runs(tracking_uri: str, experiment: str, flow_run_id: str) -> list[str]:
+    """Mark FAILED the runs of `experiment` that Prefect flow run `flow_run_id` started and left RUNNING.
+
+    A flow that fails mid-training would otherwise leave its parent and child runs RUNNING for ever in the UI.
+    Returns the ids of the runs it closed.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = get_client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        end_run(run.info.run_id, failed=True)
+    return [run.info.run_id for run in runs]
+
+
 def log_params(run_id: str, params: dict[str, Any]) -> None:
     """Log a flat dict of params; nested values are written as JSON."""
     from mlflow.entities import Param

@@ -51,31 +51,35 @@ class TrainConfig(BaseModel):
     - `lr_schedule`: "plateau" halves the rate after `patience // 2` flat epochs, "cosine" anneals to 0 over
       `max_epochs`, "none" keeps it.
     - `seed`: initial weights and shuffling (same seed, same weights on CPU).
-    - `device`: "auto" (CUDA when present), "cpu" or "cuda"; `num_threads`: CPU threads (None = torch default).
+    - `device`: "auto" (CUDA when present), "cpu" or "cuda"; `num_threads`: CPU threads (None = automatic, see
+      `training_threads`).
     - `eval_batch_size`: windows per batch when computing validation loss.
+
+    The defaults are the fastest to a given accuracy in the benchmark sweep (docs/benchmarks.md): a small network
+    and small batches with a high learning rate buy many more optimizer steps per second than 2x64 at batch 256.
     - `max_loss`: an epoch loss above this (scaled units; sane losses are about 1) counts as diverged.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cell: Literal["lstm", "gru"] = "lstm"
-    hidden_size: int = Field(default=64, ge=1, le=4096)
-    num_layers: int = Field(default=2, ge=1, le=16)
+    hidden_size: int = Field(default=32, ge=1, le=4096)
+    num_layers: int = Field(default=1, ge=1, le=16)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    batch_size: int = Field(default=256, ge=1, le=1_000_000)
-    max_epochs: int = Field(default=30, ge=1, le=100_000)
-    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    max_epochs: int = Field(default=60, ge=1, le=100_000)
+    learning_rate: float = Field(default=5e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(default=1.0, gt=0.0)
     grad_clip: float | None = Field(default=1.0, gt=0.0)
-    patience: int = Field(default=5, ge=1)
+    patience: int = Field(default=6, ge=1)
     min_delta: float = Field(default=0.0, ge=0.0)
     lr_schedule: Literal["none", "plateau", "cosine"] = "plateau"
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)
-    eval_batch_size: int = Field(default=8192, ge=1)
+    eval_batch_size: int = Field(default=1024, ge=1)
     max_loss: float = Field(default=1e6, gt=0.0)
 
     def forecaster_config(self, lookback: int, horizon: int) -> ForecasterConfig:
@@ -116,6 +120,22 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_run_logger()  # type: ignore[return-value]
     except MissingContextError:
         return logging.getLogger(__name__)
+
+
+SMALL_STEP_WORK = 32_768
+
+
+def training_threads(config: TrainConfig, device: torch.device) -> int | None:
+    """CPU threads for training: `num_threads` when set; else 1 when each time step's GEMM is small, else torch's.
+
+    An RNN runs L small GEMMs in sequence; when each has fewer than 32k outputs (batch x gates x hidden),
+    OpenMP's fork/join per step costs more than a second thread saves (1x32 at batch 32: 4,861 windows/s on
+    1 thread against 2,173 on 2, docs/benchmarks.md).
+    """
+    if config.num_threads is not None or device.type != "cpu":
+        return config.num_threads
+    gates = 4 if config.cell == "lstm" else 3
+    return 1 if config.batch_size * gates * config.hidden_size < SMALL_STEP_WORK else None
 
 
 @contextmanager
@@ -175,7 +195,7 @@ def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallb
     log = _logger()
     device = resolve_device(config.device)
     lookback, horizon = data.lookback, data.horizon
-    with _cpu_threads(config.num_threads):
+    with _cpu_threads(training_threads(config, device)):
         torch.manual_seed(config.seed)
         model = RecurrentForecaster(config.forecaster_config(lookback, horizon)).to(device)
         generator = torch.Generator(device=device)
@@ -214,12 +234,13 @@ def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallb
         stopped_early = False
         started = time.perf_counter()
         log.info(
-            "training %s %dx%d on %s (bf16=%s): %d train / %d validation windows, batch %d",
+            "training %s %dx%d on %s (bf16=%s, %d threads): %d train / %d validation windows, batch %d",
             config.cell,
             config.num_layers,
             config.hidden_size,
             device,
             use_bf16,
+            torch.get_num_threads(),
             n_train,
             len(data.val_starts),
             config.batch_size,

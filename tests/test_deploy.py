@@ -50,6 +50,7 @@ def test_prefect_yaml_matches_deploy_py(prefect_yaml: dict[str, Any], spec: depl
     entry = _yaml_deployment(prefect_yaml, spec)
     assert entry["name"] == spec.name
     assert entry["work_pool"]["name"] == deploy.WORK_POOL
+    assert entry["work_pool"]["job_variables"] == {"env": deploy.FLOW_RUN_ENV}
     assert entry["parameters"] == spec.parameters
     assert entry["tags"] == list(spec.tags)
     assert entry.get("enforce_parameter_schema") is True

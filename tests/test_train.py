@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.train import TrainConfig, _validation_loss, fit_forecaster, train_candidate_task
+from tasks.train import TrainConfig, _validation_loss, fit_forecaster, train_candidate_task, training_threads
 from tasks.windowing import WindowConfig, WindowedData, prepare_windows
 
 LOOKBACK, HORIZON = 24, 6
@@ -107,6 +107,50 @@ def test_num_threads_is_restored() -> None:
     data = windows({"s": np.sin(np.arange(200) / 3.0)})
     fit_forecaster(data, config(max_epochs=1, num_threads=2))
     assert torch.get_num_threads() == before
+
+
+def test_small_networks_train_on_one_cpu_thread_and_large_ones_on_torchs_default() -> None:
+    cpu = torch.device("cpu")
+    assert training_threads(TrainConfig(), cpu) == 1  # 1x32 LSTM at batch 32
+    assert training_threads(TrainConfig(hidden_size=64, num_layers=2, batch_size=256), cpu) is None
+    assert training_threads(TrainConfig(cell="gru", hidden_size=80, batch_size=128), cpu) == 1  # 30,720 outputs
+    assert training_threads(TrainConfig(cell="lstm", hidden_size=80, batch_size=128), cpu) is None  # 40,960
+    assert training_threads(TrainConfig(num_threads=2), cpu) == 2
+    assert training_threads(TrainConfig(), torch.device("cuda")) is None
+
+
+def test_automatic_threads_apply_only_while_training() -> None:
+    data = windows({"s": np.sin(np.arange(200) / 3.0)})
+    seen: list[int] = []
+    torch.set_num_threads(2)
+    try:
+        fit_forecaster(
+            data, config(max_epochs=1, num_threads=None), on_epoch=lambda _: seen.append(torch.get_num_threads())
+        )
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_flow_and_cli_defaults_are_the_trainer_defaults() -> None:
+    """One set of defaults: the train/demo flows (Prefect UI forms) and the CLI show TrainConfig's."""
+    import inspect
+
+    from flows.cli import cli
+    from flows.demo import demo_flow
+    from flows.train import train_flow
+
+    defaults = TrainConfig()
+    names = ["hidden_size", "num_layers", "batch_size", "max_epochs", "learning_rate", "patience", "seed", "device"]
+    train = inspect.signature(train_flow.fn).parameters
+    assert {n: train[n].default for n in names} == {n: getattr(defaults, n) for n in names}
+    demo = inspect.signature(demo_flow.fn).parameters
+    assert {n: demo[n].default for n in names if n in demo} == {n: getattr(defaults, n) for n in names if n in demo}
+    for command in ("train", "demo"):
+        options = {p.name: p.default for p in cli.commands[command].params}
+        shown = {n: options[n] for n in names if n in options}
+        assert shown == {n: getattr(defaults, n) for n in shown}, command
+        assert {"hidden_size", "num_layers", "batch_size", "max_epochs"} <= set(shown)
 
 
 def test_config_is_validated_and_cuda_refused_without_a_gpu() -> None:

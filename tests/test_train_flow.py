@@ -81,3 +81,32 @@ def test_a_gap_in_stored_observations_stops_the_flow_before_training(train_env: 
         train_flow(**TINY)
     experiment = registry.get_client().get_experiment_by_name(train_env)
     assert experiment is None or registry.get_client().search_runs([experiment.experiment_id]) == []
+
+
+def test_a_training_failure_marks_its_mlflow_runs_failed_and_registers_nothing(
+    train_env: str, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A diverged GRU after a finished LSTM: the parent and the GRU run end FAILED, the LSTM run stays FINISHED."""
+    import tasks.train
+    from flows.train import train_flow
+
+    real_fit = tasks.train.fit_forecaster
+
+    def diverge_on_gru(data, config, on_epoch=None):  # type: ignore[no-untyped-def]
+        if config.cell == "gru":
+            raise tasks.train.TrainingDivergedError("gru training diverged at epoch 1: train loss nan")
+        return real_fit(data, config, on_epoch)
+
+    monkeypatch.setattr(tasks.train, "fit_forecaster", diverge_on_gru)
+    store.upsert_observations(store.get_engine(db_url), _electricity())
+    with pytest.raises(tasks.train.TrainingDivergedError, match="gru training diverged"):
+        train_flow(**TINY)
+
+    client = registry.get_client()
+    experiment = client.get_experiment_by_name(train_env)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    status = {r.data.tags.get("seqcast.cell", "parent"): r.info.status for r in runs}
+    assert status == {"parent": "FAILED", "lstm": "FINISHED", "gru": "FAILED"}
+    assert len({r.data.tags["prefect.flow_run_id"] for r in runs}) == 1
+    assert client.search_model_versions(f"name = '{train_env}'") == []

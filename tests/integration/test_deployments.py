@@ -187,7 +187,7 @@ def _forecast_rows(db_url: str, flow_run_id: Any) -> pd.DataFrame:
 
 
 def test_deployments_registered_on_the_pool_with_schedules_and_limits(deployment_ids: dict[str, str]) -> None:
-    from flows.deploy import CRON_FORECAST, CRON_TRAIN, DEPLOYMENTS
+    from flows.deploy import CRON_FORECAST, CRON_TRAIN, DEPLOYMENTS, FLOW_RUN_ENV
 
     assert sorted(deployment_ids) == sorted(spec.full_name for spec in DEPLOYMENTS)
     crons = {"train": CRON_TRAIN, "forecast": CRON_FORECAST}
@@ -197,6 +197,7 @@ def test_deployments_registered_on_the_pool_with_schedules_and_limits(deployment
         assert deployment.work_pool_name == WORK_POOL
         assert deployment.entrypoint == spec.entrypoint
         assert deployment.parameters == spec.parameters
+        assert deployment.job_variables == {"env": FLOW_RUN_ENV}
         assert deployment.enforce_parameter_schema is True
         assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
         assert set(spec.tags) <= set(deployment.tags)
@@ -276,6 +277,7 @@ def _snapshot(name: str) -> dict[str, Any]:
         "description": deployment.description,
         "work_pool_name": deployment.work_pool_name,
         "parameters": deployment.parameters,
+        "job_variables": deployment.job_variables,
         "parameter_openapi_schema": deployment.parameter_openapi_schema,
         "enforce_parameter_schema": deployment.enforce_parameter_schema,
         "tags": sorted(deployment.tags),
