@@ -170,7 +170,7 @@ def time_imports(env: dict[str, str]) -> float:
     best = float("inf")
     for _ in range(2):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", DEMO_IMPORTS], env=env, cwd=ROOT, check=True, timeout=300)  # noqa: S603
+        subprocess.run([sys.executable, "-c", DEMO_IMPORTS], env=env, cwd=ROOT, check=True, timeout=300)
         best = min(best, time.perf_counter() - started)
     return best
 
@@ -180,7 +180,7 @@ def _timed_demo(env: dict[str, str], options: list[str], imports_s: float) -> di
     before = _read_runs_of(env)["flows"] if Path(env["PREFECT_HOME"]).exists() else []
     argv = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())", "demo", *options]
     started = time.time()
-    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)  # noqa: S603
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     ended = time.time()
     if done.returncode != 0:
         raise RuntimeError(f"seqcast demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -198,7 +198,7 @@ def _timed_demo(env: dict[str, str], options: list[str], imports_s: float) -> di
 def _read_runs_of(env: dict[str, str]) -> dict[str, Any]:
     """`_read_runs` in a child process whose PREFECT_HOME is the demo's."""
     reader = [sys.executable, "-m", "benchmarks.demo_timing", "--read-runs"]
-    dumped = subprocess.run(reader, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)  # noqa: S603
+    dumped = subprocess.run(reader, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     if dumped.returncode != 0:
         raise RuntimeError(f"reading the demo's Prefect runs failed:\n{dumped.stderr[-3000:]}")
     runs: dict[str, Any] = json.loads(dumped.stdout.strip().splitlines()[-1])
