@@ -42,7 +42,8 @@ class TrainingDivergedError(RuntimeError):
 class TrainConfig(BaseModel):
     """Training hyperparameters (the network's shape is here too; lookback/horizon come from the windows).
 
-    - `cell`, `hidden_size`, `num_layers`, `dropout`: the network (see `RecurrentForecaster`).
+    - `cell`, `hidden_size`, `num_layers`, `dropout`, `head`: the network (see `RecurrentForecaster`); head
+      "auto" is per_step when lookback >= horizon, else last.
     - `batch_size`, `max_epochs`, `learning_rate`, `weight_decay` (AdamW; 0 = Adam).
     - `loss`: "mse" or "huber" (with `huber_delta`, in scaled units).
     - `grad_clip`: max global gradient norm, None to disable.
@@ -66,6 +67,7 @@ class TrainConfig(BaseModel):
     hidden_size: int = Field(default=32, ge=1, le=4096)
     num_layers: int = Field(default=1, ge=1, le=16)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    head: Literal["auto", "last", "per_step"] = "auto"
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     max_epochs: int = Field(default=60, ge=1, le=100_000)
     learning_rate: float = Field(default=5e-3, gt=0.0, le=10.0)
@@ -90,7 +92,14 @@ class TrainConfig(BaseModel):
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
             dropout=self.dropout,
+            head=self.resolved_head(lookback, horizon),
         )
+
+    def resolved_head(self, lookback: int, horizon: int) -> Literal["last", "per_step"]:
+        """Head "auto" is per_step (the more accurate) when the window holds `horizon` hidden states, else last."""
+        if self.head != "auto":
+            return self.head
+        return "per_step" if lookback >= horizon else "last"
 
 
 @dataclass

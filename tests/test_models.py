@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.forecaster import ForecasterConfig, predict_windows
+from models.forecaster import ForecasterConfig, RecurrentForecaster, predict_windows
 from models.packaging import (
     ArtifactIntegrityError,
     LoadedForecaster,
@@ -93,6 +93,34 @@ def test_config_ranges_are_validated() -> None:
         ForecasterConfig(lookback=0, horizon=2)
     with pytest.raises(ValueError):
         ForecasterConfig(lookback=10, horizon=2, dropout=1.0)
+
+
+def test_head_choice_and_its_limits() -> None:
+    assert ForecasterConfig.model_validate({"lookback": 10, "horizon": 2}).head == "last", "older config.json files"
+    with pytest.raises(ValueError, match="`lookback` \\(4\\) must be at least `horizon`"):
+        ForecasterConfig(lookback=4, horizon=6, head="per_step")
+    assert TrainConfig().forecaster_config(24, 6).head == "per_step"
+    assert TrainConfig().forecaster_config(4, 6).head == "last"
+    assert TrainConfig(head="last").forecaster_config(24, 6).head == "last"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_per_step_head_reads_each_step_from_its_own_hidden_state(cell: str) -> None:
+    """Step k reads the hidden state at input L - H + k: the last input moves only the last step's output."""
+    torch.manual_seed(0)
+    config = ForecasterConfig(cell=cell, lookback=LOOKBACK, horizon=HORIZON, hidden_size=8, head="per_step")
+    model = RecurrentForecaster(config)
+    assert model.head.out_features == 1
+    x = torch.randn(2, LOOKBACK, 1)
+    changed = x.clone()
+    changed[:, -1, 0] += 5.0
+    with torch.no_grad():
+        before, after = model(x), model(changed)
+    assert before.shape == (2, HORIZON)
+    assert torch.equal(before[:, :-1], after[:, :-1])
+    assert (before[:, -1] != after[:, -1]).all()
+    last = RecurrentForecaster(ForecasterConfig(cell=cell, lookback=LOOKBACK, horizon=HORIZON, head="last"))
+    assert last.head.out_features == HORIZON
 
 
 @pytest.mark.parametrize("cell", CELLS)

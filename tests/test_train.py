@@ -142,6 +142,7 @@ def test_flow_and_cli_defaults_are_the_trainer_defaults() -> None:
 
     defaults = TrainConfig()
     names = ["hidden_size", "num_layers", "batch_size", "max_epochs", "learning_rate", "patience", "seed", "device"]
+    names += ["dropout", "head", "loss"]
     train = inspect.signature(train_flow.fn).parameters
     assert {n: train[n].default for n in names} == {n: getattr(defaults, n) for n in names}
     demo = inspect.signature(demo_flow.fn).parameters
