@@ -284,21 +284,28 @@ def upsert_observations(engine: Engine, frame: pd.DataFrame) -> WriteSummary:
     return run_in_transaction(engine, work)
 
 
-def _read_existing(conn: Connection, frame: pd.DataFrame) -> pd.DataFrame:
-    """Stored values for the series and time span that `frame` covers."""
+def _read_existing(conn: Connection, frame: pd.DataFrame, series_per_query: int = 500) -> pd.DataFrame:
+    """Stored values for the series and time span that `frame` covers: one query per `series_per_query` series.
+
+    Each query spans its series' earliest to latest timestamp; rows outside a series' own span merge with nothing.
+    """
+    spans = frame.groupby("series_id", sort=True)["ts"].agg(["min", "max"])
+    ids = spans.index.tolist()
     parts = []
-    for series_id, part in frame.groupby("series_id", sort=False):
-        start, end = part["ts"].min().to_pydatetime(), part["ts"].max().to_pydatetime()
-        query = select(observations.c.ts, observations.c.value).where(
-            observations.c.series_id == series_id,
-            observations.c.ts >= start,
-            observations.c.ts <= end,
+    for i in range(0, len(ids), series_per_query):
+        chunk = spans.iloc[i : i + series_per_query]
+        query = select(observations.c.series_id, observations.c.ts, observations.c.value).where(
+            observations.c.series_id.in_(ids[i : i + series_per_query]),
+            observations.c.ts >= chunk["min"].min().to_pydatetime(),
+            observations.c.ts <= chunk["max"].max().to_pydatetime(),
         )
         rows = conn.execute(query).all()
         if rows:
-            ts, values = zip(*rows, strict=True)
+            series_ids, ts, values = zip(*rows, strict=True)
             parts.append(
-                pd.DataFrame({"series_id": series_id, "ts": pd.to_datetime(list(ts), utc=True), "value": list(values)})
+                pd.DataFrame(
+                    {"series_id": list(series_ids), "ts": pd.to_datetime(list(ts), utc=True), "value": list(values)}
+                )
             )
     if not parts:
         return pd.DataFrame(

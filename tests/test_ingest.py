@@ -358,3 +358,27 @@ def test_read_source_task_does_not_retry_bad_data_or_a_wrong_source(
     runs, final = _run_read_task(monkeypatch, source=source)
     assert runs == 1
     assert final == "Failed"
+
+
+def test_rewriting_many_series_counts_new_changed_and_unchanged_rows_per_series(db_url: str) -> None:
+    """1,200 series (more than one look-up query's worth) with different spans: only real changes are written."""
+    engine = store.get_engine(db_url)
+    ids = [f"meter-{i:04d}" for i in range(1200)]
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "series_id": [sid for sid in ids for _ in range(2)],
+            "ts": [start + pd.Timedelta(hours=i % 7 + k) for i in range(1200) for k in range(2)],
+            "value": [float(i) for i in range(1200) for _ in range(2)],
+        }
+    )
+    assert store.upsert_observations(engine, frame).new == 2400
+    again = frame.copy()
+    again.loc[again["series_id"] == "meter-1100", "value"] = [1100.0, -5.0]  # one change, in the second query
+    extra = pd.DataFrame({"series_id": ["meter-0003"], "ts": [start + pd.Timedelta(hours=30)], "value": [3.0]})
+    result = store.upsert_observations(engine, pd.concat([again, extra], ignore_index=True))
+    assert (result.new, result.updated, result.unchanged) == (1, 1, 2399)
+    by_series = {s.series_id: (s.new, s.updated, s.unchanged) for s in result.series}
+    assert by_series["meter-1100"] == (0, 1, 1) and by_series["meter-0003"] == (1, 0, 2)
+    stored = store.read_observations(engine, series_ids=["meter-1100"])
+    assert stored["value"].tolist() == [1100.0, -5.0]
