@@ -1,7 +1,8 @@
 """The windowing stage: chronological splits per series, scalers fit on train only, window starts per part.
 
 Built on `models.windows` (the one window builder): a window is its flat start index, so each part is an
-int64 array of starts (O(windows)) over one flat array of scaled values (O(data)); nothing is copied per window.
+int32 array of starts (O(windows); int64 from 2**31 points) over one flat array of scaled values (O(data));
+nothing is copied per window.
 
 Each series k is cut by time into three parts (flat, exclusive ends):
     train  offsets[k]   .. train_end[k]
@@ -124,9 +125,9 @@ class WindowedData:
     scaled: np.ndarray  # [total] float32
     scalers: Scalers
     splits: Splits
-    train_starts: np.ndarray  # [N_train] int64
-    val_starts: np.ndarray  # [N_val] int64
-    test_starts: np.ndarray  # [N_test] int64
+    train_starts: np.ndarray  # [N_train] int32 (int64 from 2**31 points)
+    val_starts: np.ndarray  # [N_val] same
+    test_starts: np.ndarray  # [N_test] same
 
     @property
     def lookback(self) -> int:
@@ -142,14 +143,20 @@ class WindowedData:
 
     @cached_property
     def _flat_ts(self) -> np.ndarray:
-        """Every timestamp of the panel as int64 ns UTC `[total]`, aligned with `panel.values`."""
+        """Every timestamp of the panel as naive UTC datetime64 `[total]`, aligned with `panel.values`.
+
+        A view of the panel's flat index when it has one (no copy); otherwise the per-series ones concatenated.
+        """
+        flat = self.panel.flat_timestamps
+        if flat is not None:
+            return flat.asi8.view(f"M8[{flat.unit}]")
         if not self.panel.timestamps:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([pd.DatetimeIndex(ts).as_unit("ns").asi8 for ts in self.panel.timestamps])
+            return np.zeros(0, dtype="M8[ns]")
+        return np.concatenate([pd.DatetimeIndex(ts).as_unit("ns").asi8 for ts in self.panel.timestamps]).view("M8[ns]")
 
     def timestamps_at(self, flat_index: np.ndarray) -> pd.DatetimeIndex:
-        """UTC timestamps of flat indices."""
-        return pd.DatetimeIndex(self._flat_ts[np.asarray(flat_index, dtype=np.int64)]).tz_localize("UTC")
+        """UTC timestamps (ns) of flat indices."""
+        return pd.DatetimeIndex(self._flat_ts[np.asarray(flat_index, dtype=np.int64)]).as_unit("ns").tz_localize("UTC")
 
     def window_index(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Series number `[N]` and origin position within its series `[N]` of windows `starts [N]`."""
@@ -216,7 +223,7 @@ def windows_from_panel(panel: SeriesPanel, config: WindowConfig) -> WindowedData
     test_size, val_size = config.part_sizes(panel.lengths)
     splits = split_panel(panel, lookback, horizon, test_size, val_size)
     scalers = Scalers.fit(panel, splits.train_end)
-    scaled = scalers.transform(panel).values.astype(np.float32)
+    scaled = scalers.transform_float32(panel)
     first = panel.offsets[:-1]
     last = panel.offsets[1:] - 1
     return WindowedData(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,13 +13,15 @@ import torch
 from models.windows import (
     Scalers,
     SeriesPanel,
+    _sorted_layout,
     gather_windows,
     make_windows,
     origin_starts,
     panel_from_frame,
+    series_groups,
     window_starts,
 )
-from tasks.windowing import WindowConfig, prepare_windows, split_panel
+from tasks.windowing import WindowConfig, WindowedData, prepare_windows, split_panel
 
 LOOKBACK, HORIZON = 5, 3
 
@@ -210,7 +215,7 @@ def test_windowed_data_memory_is_o_data_plus_windows(windowed: tuple[pd.DataFram
     total = len(frame)
     assert data.scaled.shape == (total,) and data.scaled.dtype == np.float32
     for starts in (data.train_starts, data.val_starts, data.test_starts):
-        assert starts.ndim == 1 and starts.dtype == np.int64  # one integer per window, not L + H values
+        assert starts.ndim == 1 and starts.dtype == np.int32  # one integer per window, not L + H values
     # train parts: a has 60 - 15 = 45 points, b 45 - 15 = 30; a part of n points holds n - (L + H) + 1 windows
     assert len(data.train_starts) == (45 - 8 + 1) + (30 - 8 + 1)
     values = torch.from_numpy(data.scaled)
@@ -238,3 +243,190 @@ def test_fractions_give_each_series_at_least_a_horizon() -> None:
     assert test_len.tolist() == [HORIZON, HORIZON]
     val_len = data.splits.val_end - data.splits.train_end
     assert val_len.tolist() == [10, 20]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# memory: sorted frames used in place, grouped passes, int32 starts; results equal to the straightforward code
+
+
+def noisy_frame(lengths: dict[str, int], seed: int = 0) -> pd.DataFrame:
+    """Series sorted by (series_id, ts) with random values, as `read_observations` returns them."""
+    rng = np.random.default_rng(seed)
+    parts = [
+        pd.DataFrame(
+            {
+                "series_id": sid,
+                "ts": pd.date_range("2024-03-30", periods=n, freq="h", tz="UTC"),
+                "value": rng.normal(rng.uniform(-1e4, 1e4), rng.uniform(0.1, 100.0), n),
+            }
+        )
+        for sid, n in sorted(lengths.items())
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+MIXED_IDS = {"B": 40, "a": 33, "a1": 57, "b": 25, "z": 31, "\u00e9t\u00e9": 28, "Zulu": 36}  # code-point order
+
+
+def assert_same_windows(a: WindowedData, b: WindowedData) -> None:
+    assert a.panel.series_ids == b.panel.series_ids and a.panel.freq == b.panel.freq
+    assert np.array_equal(a.panel.offsets, b.panel.offsets)
+    assert np.array_equal(a.panel.values, b.panel.values)
+    for x, y in zip(a.panel.timestamps, b.panel.timestamps, strict=True):
+        assert x.equals(y) and str(x.tz) == "UTC"
+    assert np.array_equal(a.scalers.mean, b.scalers.mean) and np.array_equal(a.scalers.std, b.scalers.std)
+    assert np.array_equal(a.scaled, b.scaled)
+    for name in ("train_starts", "val_starts", "test_starts"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    every = np.arange(len(a.panel.values))
+    assert a.timestamps_at(every).equals(b.timestamps_at(every))
+    pd.testing.assert_frame_equal(a.split_frame(), b.split_frame())
+
+
+def test_sorted_and_shuffled_frames_give_identical_windowed_data() -> None:
+    frame = noisy_frame(MIXED_IDS)
+    assert frame["series_id"].dtype == "str"  # pyarrow-backed strings: the in-place path
+    config = WindowConfig(lookback=LOOKBACK, horizon=HORIZON, test_size=6, val_size=4, stride=2, train_stride=3)
+    data = prepare_windows(frame, config)
+    assert data.panel.series_ids == sorted(MIXED_IDS)
+    # used in place: values and timestamps are views of the frame's columns
+    assert np.shares_memory(data.panel.values, frame["value"].to_numpy())
+    assert np.shares_memory(data.panel.timestamps[2].asi8, frame["ts"].array.asi8)
+    assert data.timestamps_at(np.array([0])).unit == "ns"
+
+    naive = frame.assign(ts=frame["ts"].dt.tz_localize(None))
+    london = frame.assign(ts=frame["ts"].dt.tz_convert("Europe/London"))  # crosses a DST change
+    as_object = frame.assign(series_id=frame["series_id"].astype(object))
+    for other in (
+        frame.sample(frac=1.0, random_state=1),
+        frame.iloc[::-1],
+        naive,
+        naive.sample(frac=1.0, random_state=2),
+        london,
+        london.sample(frac=1.0, random_state=3),
+        as_object,
+        as_object.sample(frac=1.0, random_state=4),
+    ):
+        assert_same_windows(data, prepare_windows(other, config))
+
+
+def test_sorted_layout_checks_every_slice_boundary() -> None:
+    frame = noisy_frame({"a": 11, "b": 7, "c": 13})
+    found = _sorted_layout(frame, group_size=4)  # series continue across slices of 4 rows
+    assert found is not None
+    ids, offsets, ts = found
+    assert ids == ["a", "b", "c"] and offsets.tolist() == [0, 11, 18, 31]
+    assert ts.equals(pd.DatetimeIndex(frame["ts"]))
+
+    swapped_ids = frame.copy()
+    swapped_ids.loc[[7, 8], "series_id"] = ["b", "a"]  # rows 7 | 8 sit on a slice boundary
+    assert _sorted_layout(swapped_ids, group_size=4) is None
+    swapped_ts = frame.copy()
+    swapped_ts.loc[[7, 8], "ts"] = swapped_ts.loc[[8, 7], "ts"].to_numpy()
+    assert _sorted_layout(swapped_ts, group_size=4) is None
+    assert _sorted_layout(frame.iloc[::-1], group_size=4) is None
+    with_nat = frame.copy()
+    with_nat.loc[11, "ts"] = pd.NaT  # first of series b: not an ascending order once NaT sorts last
+    assert _sorted_layout(with_nat, group_size=4) is None
+
+
+def reference_window_starts(
+    offsets: np.ndarray, lookback: int, horizon: int, first: np.ndarray, last: np.ndarray, stride: int
+) -> np.ndarray:
+    """One series at a time: every `stride` steps back from the newest window, sorted."""
+    parts = []
+    for k in range(len(offsets) - 1):
+        lo = max(first[k] - lookback, offsets[k])
+        hi = last[k] - lookback - horizon + 1
+        parts.append(np.arange(hi, lo - 1, -stride, dtype=np.int64))
+    return np.sort(np.concatenate(parts))
+
+
+def test_int32_window_starts_equal_the_reference() -> None:
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 60, 40)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    panel = SeriesPanel([f"s{k}" for k in range(40)], np.zeros(offsets[-1]), offsets, [], "h")
+    first = offsets[:-1] + rng.integers(0, 30, 40)
+    last = offsets[1:] - 1 - rng.integers(0, 5, 40)
+    for stride in (1, 2, 3, 7):
+        expected = reference_window_starts(offsets, LOOKBACK, HORIZON, first, last, stride)
+        assert len(expected) > 0
+        for group_size in (1, 9, 1 << 20):
+            starts = window_starts(panel, LOOKBACK, HORIZON, first, last, stride=stride, group_size=group_size)
+            assert starts.dtype == np.int32
+            assert np.array_equal(starts, expected)
+    # parts that overlap the next series' part still come back sorted
+    wide = window_starts(panel, LOOKBACK, HORIZON, first, last + 6, stride=2)
+    assert np.array_equal(wide, reference_window_starts(offsets, LOOKBACK, HORIZON, first, last + 6, 2))
+    assert window_starts(panel, LOOKBACK, HORIZON, first, first).dtype == np.int32  # no window at all
+    # from 2**31 points on, starts no longer fit int32
+    huge = SeriesPanel(["x"], np.zeros(0), np.array([0, 2**31 + 100]), [], "h")
+    starts = window_starts(huge, LOOKBACK, HORIZON, np.array([2**31]), np.array([2**31 + 99]), stride=5)
+    assert starts.dtype == np.int64
+    assert np.array_equal(
+        starts, reference_window_starts(huge.offsets, LOOKBACK, HORIZON, np.array([2**31]), np.array([2**31 + 99]), 5)
+    )
+
+
+def test_int32_starts_gather_with_torch(panel: SeriesPanel) -> None:
+    starts = window_starts(panel, LOOKBACK, HORIZON, panel.offsets[:-1], panel.offsets[1:] - 1)
+    values = torch.from_numpy(panel.values)
+    x32, y32 = gather_windows(values, torch.from_numpy(starts), LOOKBACK, HORIZON)
+    x64, y64 = gather_windows(values, torch.from_numpy(starts.astype(np.int64)), LOOKBACK, HORIZON)
+    assert torch.equal(x32, x64) and torch.equal(y32, y64)
+
+
+def random_panel(n_series: int = 30, seed: int = 1) -> SeriesPanel:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 200, n_series)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = np.concatenate([rng.normal(rng.uniform(-1e5, 1e5), rng.uniform(1e-3, 1e3), n) for n in lengths])
+    values[offsets[3] : offsets[4]] = 7.25  # a constant series
+    return SeriesPanel([f"s{k:02d}" for k in range(n_series)], values, offsets, [], "h")
+
+
+def test_scalers_do_not_depend_on_the_group_size() -> None:
+    panel = random_panel()
+    train_end = panel.offsets[:-1] + np.maximum(panel.lengths * 3 // 4, 1)
+    whole = Scalers.fit(panel, train_end, group_size=1 << 30)  # one group: the whole panel at once
+    assert whole.std[3] == 1.0
+    for group_size in (1, 97, 500):
+        assert len(series_groups(panel.lengths, group_size)) > 1
+        grouped = Scalers.fit(panel, train_end, group_size=group_size)
+        assert np.array_equal(grouped.mean, whole.mean) and np.array_equal(grouped.std, whole.std)
+
+
+def test_float32_transform_equals_the_float64_one_cast() -> None:
+    panel = random_panel()
+    scalers = Scalers.fit(panel, panel.offsets[1:])
+    scaled64 = scalers.transform(panel).values
+    assert scaled64.dtype == np.float64
+    assert np.array_equal(
+        scaled64, (panel.values - np.repeat(scalers.mean, panel.lengths)) / np.repeat(scalers.std, panel.lengths)
+    )
+    for group_size in (1, 100, 1 << 20):
+        scaled32 = scalers.transform_float32(panel, group_size=group_size)
+        assert scaled32.dtype == np.float32
+        assert np.array_equal(scaled32, scaled64.astype(np.float32))  # the same rounding, bit for bit
+        assert (np.abs(scaled32 - scaled64) <= np.spacing(np.abs(scaled32))).all()  # within 1 ulp
+
+
+def test_series_groups_cover_the_series_in_order() -> None:
+    sizes = np.array([5, 0, 3, 12, 1, 1, 1, 0, 7])
+    for group_size in (1, 4, 10, 100):
+        groups = series_groups(sizes, group_size)
+        assert groups[0][0] == 0 and groups[-1][1] == len(sizes)
+        assert all(b0 == a1 and a0 < b0 for (a0, b0), (a1, _) in itertools.pairwise(groups))
+        assert all(sizes[a:b].sum() <= group_size + sizes[a:b].max() for a, b in groups)
+    assert series_groups(np.zeros(0, dtype=np.int64)) == []
+
+
+def test_timestamps_at_without_a_flat_index() -> None:
+    config = WindowConfig(lookback=LOOKBACK, horizon=HORIZON, test_size=3, val_size=3)
+    data = prepare_windows(arange_frame({"a": 40, "b": 25}), config)
+    assert data.panel.flat_timestamps is not None
+    per_series = dataclasses.replace(data, panel=dataclasses.replace(data.panel, flat_timestamps=None))
+    index = np.array([0, 39, 40, 64])
+    assert data.timestamps_at(index).equals(per_series.timestamps_at(index))
+    assert data.timestamps_at(index).unit == per_series.timestamps_at(index).unit == "ns"
