@@ -1,4 +1,4 @@
-"""Shared helpers: the machine, the CPU's matmul peak, LSTM/GRU FLOP counts, peak-memory meter, data sets, clocks."""
+"""Shared helpers: the machine (and GPU), matmul peak, LSTM/GRU FLOP counts, peak-memory meter, data sets, clocks."""
 
 from __future__ import annotations
 
@@ -94,6 +94,60 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def gpu_info() -> dict[str, Any]:
+    """The CUDA device torch uses (device 0), and the CUDA / cuDNN builds torch runs with."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "name": torch.cuda.get_device_name(0),
+        "capability": f"{props.major}.{props.minor}",
+        "multiprocessors": props.multi_processor_count,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "driver": _nvidia_smi("driver_version"),
+        "cuda": torch.version.cuda,
+        "cudnn": _cudnn_version(cudnn),
+        "cudnn_raw": cudnn,
+        "bf16_supported": bool(torch.cuda.is_bf16_supported()),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }
+
+
+def _cudnn_version(raw: int | None) -> str | None:
+    """torch.backends.cudnn.version() -> "9.13.0" (cuDNN 9 packs major*10000 + minor*100 + patch; 8: *1000)."""
+    if raw is None:
+        return None
+    if raw >= 90000:
+        return f"{raw // 10000}.{raw % 10000 // 100}.{raw % 100}"
+    return f"{raw // 1000}.{raw % 1000 // 100}.{raw % 100}"
+
+
+def _nvidia_smi(field_name: str) -> str | None:
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field_name}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = proc.stdout.strip().splitlines()
+    return lines[0].strip() if proc.returncode == 0 and lines else None
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work before a clock is read (no-op on CPU)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def _cpuinfo_field(name: str) -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -104,9 +158,14 @@ def _cpuinfo_field(name: str) -> str | None:
     return None
 
 
-def matmul_peak_gflops(n: int = 2048, seconds: float = 1.5) -> float:
-    """Best-of float32 matmul GFLOP/s in this process with THREADS threads: the practical compute ceiling."""
+def matmul_peak_gflops(n: int = 2048, seconds: float = 1.5, device: str = "cpu") -> float:
+    """Best-of float32 matmul GFLOP/s in this process with THREADS threads: the practical compute ceiling.
+
+    With device="cuda": best-of bf16 matmul GFLOP/s on the GPU instead (`cuda_bf16_matmul_peak_gflops`)."""
     import torch
+
+    if device == "cuda":
+        return cuda_bf16_matmul_peak_gflops(seconds=seconds)
 
     a = torch.randn(n, n)
     b = torch.randn(n, n)
@@ -119,6 +178,31 @@ def matmul_peak_gflops(n: int = 2048, seconds: float = 1.5) -> float:
         t = time.perf_counter()
         torch.mm(a, b, out=out)
         best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def cuda_bf16_matmul_peak_gflops(n: int = 8192, seconds: float = 1.5, reps: int = 10) -> float:
+    """Best-of bf16 matmul GFLOP/s on the GPU in this process, measured like the CPU's float32 peak: the same
+    product repeated until `seconds` pass, best timing kept. Each timing covers `reps` products between two
+    synchronizations, so launch and sync latency do not count."""
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    torch.cuda.synchronize()
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        torch.cuda.synchronize()
+        best = max(best, reps * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    del a, b, out
+    torch.cuda.empty_cache()
     return best
 
 
@@ -168,10 +252,18 @@ class PeakMemory:
     method: str = ""
     start_mib: float = 0.0
     peak_mib: float = 0.0
+    gpu_start_mib: float | None = None  # device="cuda" only: torch.cuda.memory_allocated at the start
+    gpu_peak_mib: float | None = None  # and torch.cuda.max_memory_allocated at the end
 
     @property
     def delta_mib(self) -> float:
         return max(self.peak_mib - self.start_mib, 0.0)
+
+    @property
+    def gpu_delta_mib(self) -> float | None:
+        if self.gpu_start_mib is None or self.gpu_peak_mib is None:
+            return None
+        return max(self.gpu_peak_mib - self.gpu_start_mib, 0.0)
 
 
 def release_freed_memory() -> None:
@@ -191,8 +283,36 @@ def release_freed_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
+GPU_MEMORY_METHOD = (
+    "GPU: torch.cuda.max_memory_allocated minus memory_allocated at the start (reset_peak_memory_stats first)"
+)
+
+
 @contextmanager
-def peak_memory() -> Iterator[PeakMemory]:
+def peak_memory(device: str = "cpu") -> Iterator[PeakMemory]:
+    """Peak memory inside the block. On CPU the host's resident memory (`host_peak_memory`). With device="cuda"
+    also the GPU's: the peak statistics are reset before the block, and the peak of torch's allocated memory
+    after it (synchronized) minus what was allocated at the start is the GPU delta."""
+    if device != "cuda":
+        with host_peak_memory() as result:
+            yield result
+        return
+    import torch
+
+    with host_peak_memory() as result:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        result.gpu_start_mib = torch.cuda.memory_allocated() / 2**20
+        result.method = f"{GPU_MEMORY_METHOD}; host: {result.method}"
+        try:
+            yield result
+        finally:
+            torch.cuda.synchronize()
+            result.gpu_peak_mib = torch.cuda.max_memory_allocated() / 2**20
+
+
+@contextmanager
+def host_peak_memory() -> Iterator[PeakMemory]:
     """Linux: reset the kernel's high-water mark (VmHWM via /proc/self/clear_refs) and read it after: exact.
 
     Elsewhere: psutil RSS sampled every 5 ms in a thread (can miss short spikes). Freed heap pages are handed back

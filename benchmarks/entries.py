@@ -7,6 +7,13 @@ Darts and NeuralForecast are not installed.
 
 Each `train_*` returns an `EntryResult`. A `Curve` (time to accuracy) records the test MAE at checkpoints with the
 clock paused, so the time charged to a tool is only its own training.
+
+`device="cuda"` (run.py --device cuda): seqcast gets `TrainConfig(device="cuda")` and its own bf16 autocast; the
+bare loop keeps its pre-made tensors on the GPU and runs under `torch.autocast("cuda", dtype=torch.bfloat16)`
+(cuDNN RNN, fused Adam); Darts and NeuralForecast get Lightning's `accelerator="gpu", devices=1,
+precision="bf16-mixed"`. Every clock is read after `torch.cuda.synchronize()`, memory is the GPU's
+(`torch.cuda.max_memory_allocated` delta), and each entry records the dtype its first recurrent layer actually
+produced (bfloat16 when autocast reached the cuDNN RNN).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import THREADS, PeakMemory, Stopwatch, installed, peak_memory
+from benchmarks.common import THREADS, PeakMemory, Stopwatch, installed, peak_memory, sync
 from tasks.windowing import WindowedData
 
 PEERS = {"darts": "darts", "neuralforecast": "neuralforecast"}  # tool -> module that must be importable
@@ -55,6 +62,10 @@ class EntryResult:
     settings: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     curve: list[dict[str, float]] = field(default_factory=list)
+    device: str = "cpu"
+    gpu_peak_mib: float | None = None  # device="cuda": torch.cuda.max_memory_allocated delta
+    bf16_autocast: bool | None = None  # device="cuda": whether the tool ran its step under bf16 autocast
+    rnn_dtype: str | None = None  # device="cuda": dtype of the first recurrent layer's output (what really ran)
 
     @property
     def windows_per_s(self) -> float:
@@ -72,6 +83,12 @@ class EntryResult:
             "peak_rss_delta_mib": round(self.peak_rss_mib, 1),
             "settings": self.settings,
         }
+        if self.device != "cpu":  # CPU results keep exactly their keys
+            out["device"] = self.device
+            out["peak_gpu_mem_delta_mib"] = None if self.gpu_peak_mib is None else round(self.gpu_peak_mib, 1)
+            out["bf16_autocast"] = self.bf16_autocast
+            out["rnn_dtype"] = self.rnn_dtype
+            out["bf16"] = self.rnn_dtype == "bfloat16"
         if self.note:
             out["note"] = self.note
         if self.curve:
@@ -110,6 +127,46 @@ def quiet() -> Iterator[None]:
         finally:
             for name, level in levels.items():
                 logging.getLogger(name).setLevel(level)
+
+
+def watch_rnn_dtype(module: torch.nn.Module, sink: dict[str, Any]) -> None:
+    """Record in `sink["rnn_dtype"]` the dtype of the first recurrent layer's output at its first forward, then
+    unhook (no cost afterwards): "bfloat16" when bf16 autocast really reached the RNN kernel."""
+    handles: list[Any] = []
+
+    def hook(mod: torch.nn.Module, args: Any, output: Any) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        sink.setdefault("rnn_dtype", str(out.dtype).removeprefix("torch."))
+        for handle in handles:
+            handle.remove()
+
+    rnn = next((m for m in module.modules() if isinstance(m, torch.nn.RNNBase)), None)
+    if rnn is not None:
+        handles.append(rnn.register_forward_hook(hook))
+
+
+_BF16_RNN: dict[tuple[str, str], bool] = {}
+
+
+def bf16_rnn_supported(cell: str, device: torch.device) -> bool:
+    """Whether nn.LSTM / nn.GRU runs forward and backward under bf16 autocast on this CUDA device (a tiny probe,
+    once per device and cell); False on CPU. The bare loop falls back to float32 where it does not, as seqcast's
+    own `bf16_autocast_supported` does."""
+    if device.type != "cuda":
+        return False
+    key = (str(device), cell)
+    if key not in _BF16_RNN:
+        with torch.random.fork_rng(devices=[]):  # the probe must not shift the entries' seeded CPU RNG
+            probe = _BareNet(Shape(cell=cell, hidden=8, layers=1), 2).to(device)
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = probe(torch.zeros(2, 4, 1, device=device))  # [2, 4, 1] -> [2, 2]
+            out.float().sum().backward()
+            torch.cuda.synchronize(device)
+            _BF16_RNN[key] = True
+        except RuntimeError:
+            _BF16_RNN[key] = False
+    return _BF16_RNN[key]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,10 +229,13 @@ def train_seqcast(
     curve: Curve | None = None,
     overrides: dict[str, Any] | None = None,
     forecast: bool = True,
+    device: str = "cpu",
 ) -> EntryResult:
     """`fit_forecaster` as the pipeline calls it. Without `overrides`: seqcast's defaults (AdamW with no weight
     decay = Adam, MSE, clip 1.0, validation every epoch, best-epoch restore), the shared shape, no LR schedule,
-    no early stop, so it sees exactly `epochs x train windows` like every other entry."""
+    no early stop, so it sees exactly `epochs x train windows` like every other entry. `device="cuda"`:
+    `TrainConfig(device="cuda")`, i.e. seqcast's own CUDA path (cuDNN, fused AdamW, bf16 autocast when its probe
+    allows)."""
     import tasks.train as train_module
     from models.forecaster import RecurrentForecaster, predict_windows
 
@@ -188,7 +248,7 @@ def train_seqcast(
         "max_epochs": epochs,
         "patience": epochs + 1,
         "lr_schedule": "none",
-        "device": "cpu",
+        "device": device,
         "num_threads": THREADS,
         "seed": 0,
     }
@@ -198,11 +258,14 @@ def train_seqcast(
     values = torch.from_numpy(data.scaled)
 
     live: dict[str, RecurrentForecaster] = {}
+    seen: dict[str, Any] = {}
 
     class _Spy(RecurrentForecaster):  # hands the model being trained to the checkpoint scorer
         def __init__(self, cfg: Any) -> None:
             super().__init__(cfg)
             live["model"] = self
+            if device != "cpu":
+                watch_rnn_dtype(self, seen)
 
     def on_epoch(record: dict[str, float]) -> None:
         if curve is None:
@@ -222,12 +285,14 @@ def train_seqcast(
     fit = None
     note = ""
     try:
-        with peak_memory() as mem:
+        with peak_memory(device) as mem:
+            sync(device)
             clock.start()
             try:
                 fit = train_module.fit_forecaster(data, config, on_epoch=on_epoch)
             except _TimeCap:
                 note = f"stopped at the {curve.max_seconds if curve else 0:.0f} s training-time cap"
+            sync(device)
             wall = clock.pause()
     finally:
         train_module.RecurrentForecaster = original  # type: ignore[misc]
@@ -253,6 +318,10 @@ def train_seqcast(
         settings=config.model_dump(exclude={"device", "eval_batch_size", "max_loss", "huber_delta"}),
         note=note,
         curve=curve.points if curve else [],
+        device=device,
+        gpu_peak_mib=mem.gpu_delta_mib,
+        bf16_autocast=None if fit is None else fit.bf16,
+        rnn_dtype=seen.get("rnn_dtype"),
     )
 
 
@@ -276,10 +345,18 @@ class _BareNet(torch.nn.Module):
         return self.head(out[:, -1])  # [B, hidden] -> [B, H]
 
 
-def train_bare(data: WindowedData, shape: Shape, epochs: int, forecast: bool = True) -> EntryResult:
+def train_bare(
+    data: WindowedData, shape: Shape, epochs: int, forecast: bool = True, device: str = "cpu"
+) -> EntryResult:
     """nn.LSTM/nn.GRU + linear head, Adam, MSE; every training window materialised and shuffled BEFORE the clock
-    starts, batches are contiguous slices: nothing but the network's own work is timed."""
+    starts, batches are contiguous slices: nothing but the network's own work is timed.
+
+    `device="cuda"`: the windows are moved to the GPU before the clock starts and batches are sliced from the
+    device tensors; the forward runs under bf16 autocast (cuDNN's RNN; float32 where the probe says cuDNN has no
+    bf16 RNN), the loss in float32, Adam fused."""
     pin_threads()
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
     L, H = data.lookback, data.horizon
     index = data.train_starts[:, None] + np.arange(L + H)
     rng = np.random.default_rng(0)
@@ -287,26 +364,47 @@ def train_bare(data: WindowedData, shape: Shape, epochs: int, forecast: bool = T
     x_all = block[:, :L, None].contiguous()  # [N, L, 1]
     y_all = block[:, L:].contiguous()  # [N, H]
     n = len(block)
-    with peak_memory() as mem:
+    use_bf16 = bf16_rnn_supported(shape.cell, dev)
+    seen: dict[str, Any] = {}
+    if cuda:
+        x_all, y_all = x_all.to(dev), y_all.to(dev)  # [N, L, 1], [N, H] on the GPU, before the clock
+    with peak_memory(device) as mem:
+        sync(device)
         t0 = time.perf_counter()
         torch.manual_seed(0)
-        net = _BareNet(shape, H)
-        optimizer = torch.optim.Adam(net.parameters(), lr=shape.learning_rate)
+        net = _BareNet(shape, H).to(dev)
+        if cuda:
+            watch_rnn_dtype(net, seen)
+        optimizer = torch.optim.Adam(net.parameters(), lr=shape.learning_rate, fused=True if cuda else None)
         loop_start = time.perf_counter()
         for _ in range(epochs):
             for i in range(0, n, shape.batch):
-                pred = net(x_all[i : i + shape.batch])  # [B, L, 1] -> [B, H]
+                if use_bf16:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        pred = net(x_all[i : i + shape.batch])  # [B, L, 1] -> [B, H], bf16
+                    pred = pred.float()
+                else:
+                    pred = net(x_all[i : i + shape.batch])  # [B, L, 1] -> [B, H]
                 loss = torch.nn.functional.mse_loss(pred, y_all[i : i + shape.batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
         loss.item()
+        sync(device)
         end = time.perf_counter()
     predicted = None
     if forecast:
         net.eval()
         with torch.inference_mode():
-            predicted = unscale(data, net(test_inputs(data)).numpy())
+            predicted = unscale(data, net(test_inputs(data).to(dev)).float().cpu().numpy())
+    settings: dict[str, Any] = {
+        "optimizer": "Adam",
+        "loss": "mse",
+        "batch_size": shape.batch,
+        "lr": shape.learning_rate,
+    }
+    if cuda:
+        settings.update(fused=True, autocast="bfloat16" if use_bf16 else None)
     return EntryResult(
         tool="bare",
         cell=shape.cell,
@@ -316,16 +414,24 @@ def train_bare(data: WindowedData, shape: Shape, epochs: int, forecast: bool = T
         peak_rss_mib=mem.delta_mib,
         memory_method=mem.method,
         predicted=predicted,
-        settings={"optimizer": "Adam", "loss": "mse", "batch_size": shape.batch, "lr": shape.learning_rate},
+        settings=settings,
+        device=device,
+        gpu_peak_mib=mem.gpu_delta_mib,
+        bf16_autocast=use_bf16 if cuda else None,
+        rnn_dtype=seen.get("rnn_dtype"),
     )
 
 
-def warm_up(data: WindowedData, shape: Shape) -> None:
+def warm_up(data: WindowedData, shape: Shape, device: str = "cpu") -> None:
     """Pay the process's one-off costs before any entry is timed: the oneDNN RNN primitives for every batch shape
     the entries will use (full batches, the last partial batch, validation and test inference), and the first
-    optimizer's import of torch._dynamo (about 1.5 s, once per process)."""
+    optimizer's import of torch._dynamo (about 1.5 s, once per process). `device="cuda"`: the CUDA context, the
+    cuDNN RNN plans (bf16 autocast) and the fused optimizer's kernels instead."""
     pin_threads()
     L, H = data.lookback, data.horizon
+    if device == "cuda":
+        _warm_up_cuda(data, shape)
+        return
     torch.manual_seed(0)
     net = _BareNet(shape, H)
     optimizer = torch.optim.AdamW(net.parameters())
@@ -340,16 +446,41 @@ def warm_up(data: WindowedData, shape: Shape) -> None:
             net(torch.zeros(n, L, 1))
 
 
+def _warm_up_cuda(data: WindowedData, shape: Shape) -> None:
+    dev = torch.device("cuda")
+    L, H = data.lookback, data.horizon
+    use_bf16 = bf16_rnn_supported(shape.cell, dev)
+    with torch.random.fork_rng(devices=[]):
+        net = _BareNet(shape, H).to(dev)
+    for fused_cls in (torch.optim.AdamW, torch.optim.Adam):
+        optimizer = fused_cls(net.parameters(), fused=True)
+        sizes = {min(shape.batch, len(data.train_starts)), len(data.train_starts) % shape.batch} - {0}
+        for b in sorted(sizes):
+            x = torch.zeros(b, L, 1, device=dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                out = net(x)  # [b, L, 1] -> [b, H]
+            out.float().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    net.eval()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        for n in {len(data.val_starts) % 8192, min(len(data.val_starts), 8192), len(data.test_starts)} - {0}:
+            net(torch.zeros(n, L, 1, device=dev))
+    torch.cuda.synchronize()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Lightning callbacks shared by the peers
 
 
-def _timing_callback(marks: dict[str, float]) -> Any:
+def _timing_callback(marks: dict[str, float], device: str = "cpu") -> Any:
     import pytorch_lightning as pl
 
     class _Marks(pl.Callback):
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            marks.setdefault("first_batch", time.perf_counter())
+            if "first_batch" not in marks:
+                sync(device)
+                marks["first_batch"] = time.perf_counter()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             marks["batches"] = marks.get("batches", 0) + 1
@@ -358,15 +489,33 @@ def _timing_callback(marks: dict[str, float]) -> Any:
             marks["epochs"] = marks.get("epochs", 0) + 1
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            sync(device)
             marks["train_end"] = time.perf_counter()
 
     return _Marks()
 
 
-def _trainer_kwargs(callbacks: list[Any]) -> dict[str, Any]:
+def _device_callback(seen: dict[str, Any]) -> Any:
+    """Records Lightning's precision and the dtype the module's RNN really produced (device="cuda" only)."""
+    import pytorch_lightning as pl
+
+    class _Device(pl.Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            seen["precision"] = str(trainer.precision)
+            watch_rnn_dtype(pl_module, seen)
+
+    return _Device()
+
+
+# Lightning's own names (pytorch_lightning.Trainer: accelerator, devices, precision); Darts passes
+# pl_trainer_kwargs and NeuralForecast its **trainer_kwargs straight to the Trainer.
+CUDA_TRAINER = {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"}
+
+
+def _trainer_kwargs(callbacks: list[Any], device: str = "cpu") -> dict[str, Any]:
+    hardware: dict[str, Any] = dict(CUDA_TRAINER) if device == "cuda" else {"accelerator": "cpu", "devices": 1}
     return {
-        "accelerator": "cpu",
-        "devices": 1,
+        **hardware,
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "enable_checkpointing": False,
@@ -387,10 +536,11 @@ def darts_forecast(module: Any, x: torch.Tensor) -> np.ndarray:
     module.eval()
     try:
         with torch.no_grad():
-            out = module(PLModuleInput(past_target=x.to(module.dtype))).prediction  # [N, H, 1, 1]
+            x = x.to(device=next(module.parameters()).device, dtype=module.dtype)
+            out = module(PLModuleInput(past_target=x)).prediction  # [N, H, 1, 1]
     finally:
         module.train(was_training)
-    return out[:, :, 0, 0].float().numpy()
+    return out[:, :, 0, 0].float().cpu().numpy()
 
 
 def train_darts(
@@ -400,10 +550,12 @@ def train_darts(
     curve: Curve | None = None,
     forecast: bool = True,
     max_samples_per_ts: int | None = None,
+    device: str = "cpu",
 ) -> EntryResult:
     """Darts BlockRNNModel. With a `shape`: the shared shape on seqcast's scaled values (no scaler of Darts'
     own). With `shape=None`: Darts' own defaults (hidden 25, 1 layer, batch 32, Adam 1e-3, MSE) with
-    model="LSTM" (Darts' default is a vanilla RNN) and Darts' Scaler (min-max, fit on the training part)."""
+    model="LSTM" (Darts' default is a vanilla RNN) and Darts' Scaler (min-max, fit on the training part).
+    `device="cuda"`: pl_trainer_kwargs accelerator="gpu", devices=1, precision="bf16-mixed"."""
     pin_threads()
     from darts import TimeSeries
     from darts.models import BlockRNNModel
@@ -412,7 +564,10 @@ def train_darts(
     defaults = shape is None
     cell = "lstm" if shape is None else shape.cell
     marks: dict[str, float] = {}
-    callbacks = [_timing_callback(marks)]
+    seen: dict[str, Any] = {}
+    callbacks = [_timing_callback(marks, device)]
+    if device == "cuda":
+        callbacks.append(_device_callback(seen))
     per_series = [len(p) - L - H + 1 for p in train_part(data, data.scaled)]
     if max_samples_per_ts is not None:
         per_series = [min(n, max_samples_per_ts) for n in per_series]
@@ -447,7 +602,7 @@ def train_darts(
         "model": cell.upper(),
         "n_epochs": epochs,
         "random_state": 0,
-        "pl_trainer_kwargs": _trainer_kwargs(callbacks),
+        "pl_trainer_kwargs": _trainer_kwargs(callbacks, device),
     }
     if not defaults:
         assert shape is not None
@@ -459,7 +614,8 @@ def train_darts(
         )
     with tempfile.TemporaryDirectory() as work_dir, quiet():
         clock = curve.clock if curve is not None else Stopwatch()
-        with peak_memory() as mem:
+        with peak_memory(device) as mem:
+            sync(device)
             clock.start()
             if defaults:
                 from darts.dataprocessing.transformers import Scaler
@@ -470,12 +626,15 @@ def train_darts(
                 series = [TimeSeries.from_values(p.astype(np.float32)) for p in train_part(data, data.scaled)]
             model = BlockRNNModel(work_dir=work_dir, **kwargs)
             model.fit(series, verbose=False, max_samples_per_ts=max_samples_per_ts)
+            sync(device)
             wall = clock.pause()
         module = model.model
         epochs_run = int(marks.get("epochs", epochs))
         predicted = to_original(darts_forecast(module, x_test)) if forecast else None
     loop_s = marks["train_end"] - marks["first_batch"] if "first_batch" in marks and "train_end" in marks else None
     settings = {k: v for k, v in kwargs.items() if k != "pl_trainer_kwargs"}
+    if device == "cuda":
+        settings["pl_trainer_kwargs"] = dict(CUDA_TRAINER)
     if defaults:
         settings.update(hidden_dim=25, n_rnn_layers=1, batch_size=32, scaler="darts Scaler (min-max)")
     return EntryResult(
@@ -489,6 +648,10 @@ def train_darts(
         predicted=predicted,
         settings=settings,
         curve=curve.points if curve else [],
+        device=device,
+        gpu_peak_mib=mem.gpu_delta_mib,
+        bf16_autocast=seen["precision"] == "bf16-mixed" if "precision" in seen else None,
+        rnn_dtype=seen.get("rnn_dtype"),
     )
 
 
@@ -511,6 +674,7 @@ def nf_forecast(model: Any, x: torch.Tensor, robust: bool) -> np.ndarray:
     model.eval()
     try:
         with torch.no_grad():
+            x = x.to(next(model.parameters()).device)
             mask = torch.ones_like(x)
             if robust:
                 from neuralforecast.common._scalers import robust_statistics
@@ -524,7 +688,7 @@ def nf_forecast(model: Any, x: torch.Tensor, robust: bool) -> np.ndarray:
                 out = out * scale[:, :, 0] + shift[:, :, 0]
     finally:
         model.train(was_training)
-    return out.float().numpy()
+    return out.float().cpu().numpy()
 
 
 def train_neuralforecast(
@@ -534,6 +698,7 @@ def train_neuralforecast(
     curve: Curve | None = None,
     every_steps: int = 10,
     forecast: bool = True,
+    device: str = "cpu",
 ) -> EntryResult:
     """NeuralForecast LSTM / GRU (direct, recurrent=False). With a `shape`: encoder layers x hidden as shared, a
     one-layer (linear) decoder, MSE, windows_batch_size = the shared batch, scaler_type="identity" on seqcast's
@@ -542,7 +707,9 @@ def train_neuralforecast(
 
     What differs by design: NeuralForecast maps each of the last H hidden states through the decoder to one
     output each (seq2seq-style), where seqcast maps the last hidden state to all H outputs; and it samples
-    `windows_batch_size` windows per step from `batch_size` series instead of walking epochs."""
+    `windows_batch_size` windows per step from `batch_size` series instead of walking epochs.
+
+    `device="cuda"`: trainer kwargs accelerator="gpu", devices=1, precision="bf16-mixed"."""
     pin_threads()
     import pandas as pd
     from neuralforecast import NeuralForecast
@@ -556,7 +723,10 @@ def train_neuralforecast(
     per_step = batch
     steps = max(1, math.ceil(windows / batch))
     marks: dict[str, float] = {}
-    callbacks = [_timing_callback(marks)]
+    seen: dict[str, Any] = {}
+    callbacks = [_timing_callback(marks, device)]
+    if device == "cuda":
+        callbacks.append(_device_callback(seen))
     values = data.panel.values if defaults else data.scaled
     x_test = test_inputs(data, values.astype(np.float32) if defaults else None)
 
@@ -591,7 +761,7 @@ def train_neuralforecast(
         "max_steps": steps,
         "random_seed": 0,
         "val_check_steps": steps + 1,
-        **_trainer_kwargs(callbacks),
+        **_trainer_kwargs(callbacks, device),
     }
     if not defaults:
         assert shape is not None
@@ -608,11 +778,13 @@ def train_neuralforecast(
         )
     with quiet():
         clock = curve.clock if curve is not None else Stopwatch()
-        with peak_memory() as mem:
+        with peak_memory(device) as mem:
+            sync(device)
             clock.start()
             model = model_cls(**kwargs)
             nf = NeuralForecast(models=[model], freq=1)
             nf.fit(df=frame)
+            sync(device)
             wall = clock.pause()
         fitted = nf.models[0]
         predicted = to_original(nf_forecast(fitted, x_test, defaults)) if forecast else None
@@ -645,6 +817,10 @@ def train_neuralforecast(
         predicted=predicted,
         settings=settings,
         curve=curve.points if curve else [],
+        device=device,
+        gpu_peak_mib=mem.gpu_delta_mib,
+        bf16_autocast=seen["precision"] == "bf16-mixed" if "precision" in seen else None,
+        rnn_dtype=seen.get("rnn_dtype"),
     )
 
 

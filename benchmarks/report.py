@@ -27,8 +27,12 @@ def _ratio(seq: dict[str, Any], other: dict[str, Any]) -> str:
 
 def _speed_rows(section: dict[str, Any], with_test: bool) -> list[str]:
     entries = section.get("entries", [])
-    header = ["cell", "tool", "windows", "wall s", "windows/s", "loop windows/s", "GFLOP/s", "peak RSS delta MiB"]
+    gpu = any("peak_gpu_mem_delta_mib" in e for e in entries)
+    memory = "peak GPU memory delta MiB" if gpu else "peak RSS delta MiB"
+    header = ["cell", "tool", "windows", "wall s", "windows/s", "loop windows/s", "GFLOP/s", memory]
     header.append("seqcast / tool (speed)")
+    if gpu:
+        header.append("RNN dtype")
     if with_test:
         header += ["test MAE", "test MASE"]
     rows = []
@@ -42,18 +46,66 @@ def _speed_rows(section: dict[str, Any], with_test: bool) -> list[str]:
             e["windows_per_s"],
             e.get("loop_windows_per_s"),
             e.get("gflops_per_s"),
-            e["peak_rss_delta_mib"],
+            e.get("peak_gpu_mem_delta_mib") if gpu else e["peak_rss_delta_mib"],
             _ratio(seq, e) if seq else "-",
         ]
+        if gpu:
+            row.append(str(e.get("rnn_dtype") or "-"))
         if with_test:
             row += [f"{e['test']['mae']:.1f}", f"{e['test']['mase']:.3f}"]
         rows.append(row)
     return _table(header, rows)
 
 
+TOOLS = ("seqcast", "bare", "darts", "neuralforecast")
+TOOL_NAMES = {"seqcast": "seqcast", "bare": "bare loop", "darts": "Darts", "neuralforecast": "NeuralForecast"}
+SPEED_SECTIONS = (("speed", "reference"), ("speed_large", "large"))
+
+
+def _summary_rows(results: dict[str, Any]) -> list[str]:
+    """Per speed shape and cell: windows/s of every tool and seqcast's ratio to each, with the GPU targets'
+    verdicts where the run has them (--device cuda)."""
+    verdicts = {(t["shape"], t["cell"], t["tool"]): t for t in results.get("targets", []) if "shape" in t}
+    rows = []
+    for key, shape_name in SPEED_SECTIONS:
+        section = results.get(key)
+        if not section or not section.get("entries"):
+            continue
+        shape = (
+            f"{shape_name}: L={section['lookback']}, H={section['horizon']}, {section['layers']}x{section['hidden']}, "
+            f"batch {section['batch']}"
+        )
+        for cell in ("lstm", "gru"):
+            by_tool = {e["tool"]: e for e in section["entries"] if e["cell"] == cell}
+            if not by_tool:
+                continue
+            row: list[Any] = [shape, cell]
+            row += [by_tool[t]["windows_per_s"] if t in by_tool else "-" for t in TOOLS]
+            seq = by_tool.get("seqcast")
+            for tool in TOOLS[1:]:
+                if seq is None or tool not in by_tool:
+                    row.append("-")
+                    continue
+                text = _ratio(seq, by_tool[tool])
+                target = verdicts.get((shape_name, cell, tool))
+                if target is not None and target["met"] is not None:
+                    text += " met" if target["met"] else " **MISSED**"
+                row.append(text)
+            rows.append(row)
+    header = ["shape", "cell", *[f"{TOOL_NAMES[t]} windows/s" for t in TOOLS]]
+    header += [f"seqcast / {TOOL_NAMES[t]}" for t in TOOLS[1:]]
+    return _table(header, rows)
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     meta = results["meta"]
+    gpu = m.get("gpu")
+    peak = (
+        f"bf16 matmul peak on the GPU in-process {m['matmul_peak_gflops']} GFLOP/s."
+        if gpu
+        else f"float32 matmul peak in-process {m['matmul_peak_gflops']} GFLOP/s."
+    )
     lines = [
         "# seqcast benchmark results",
         "",
@@ -64,12 +116,23 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {m['cpu_model']} (family {m.get('cpu_family')}, {m.get('cpu_mhz')} MHz), "
         f"{m['usable_cpus']} usable cores, {m['memory_gib']} GiB, SIMD {', '.join(m['simd'])}; "
         f"torch {m['torch']} ({m['blas']}, oneDNN {m['mkldnn']}), {m['torch_threads']} threads for every entry, "
-        f"OMP_WAIT_POLICY={m.get('omp_wait_policy')}; "
-        f"float32 matmul peak in-process {m['matmul_peak_gflops']} GFLOP/s.",
+        f"OMP_WAIT_POLICY={m.get('omp_wait_policy')}; " + peak,
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
         "",
     ]
+    if gpu:
+        bf16 = meta.get("bf16", {})
+        dtypes = sorted({str(v) for v in bf16.get("rnn_output_dtype", {}).values()})
+        lines += [
+            f"GPU: **{gpu['name']}** (compute capability {gpu['capability']}, {gpu['multiprocessors']} SMs, "
+            f"{gpu['memory_gib']} GiB), driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}, cuDNN {gpu.get('cudnn')}, "
+            f"cudnn.benchmark on. bf16 autocast everywhere (Darts and NeuralForecast: Lightning "
+            f'precision="bf16-mixed"); RNN output dtypes seen: {", ".join(dtypes) or "-"} '
+            f"(all bf16: {'yes' if bf16.get('all_bf16') else 'NO'}). Every clock is read after "
+            "torch.cuda.synchronize(); memory is the GPU's (max_memory_allocated delta).",
+            "",
+        ]
     if meta.get("skipped"):
         lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in meta["skipped"].items()), ""]
 
@@ -77,8 +140,23 @@ def markdown(results: dict[str, Any]) -> str:
     if targets:
         lines += ["## Targets", ""]
         lines += _table(
-            ["target", "value", "met"], [[t["name"], str(t["value"]), "met" if t["met"] else "MISSED"] for t in targets]
+            ["target", "value", "met"],
+            [
+                [t["name"], str(t["value"]), "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")]
+                for t in targets
+            ],
         )
+    if gpu or "speed_large" in results:
+        summary = _summary_rows(results)
+        if len(summary) > 3:  # header, rule, blank: at least one row
+            lines += [
+                "## Speed summary",
+                "",
+                "windows/s per tool (best round, whole fit call) and seqcast's over each (above 1: seqcast is faster)"
+                + ("; GPU targets: at least 0.9x the bare loop and 3x Darts and NeuralForecast." if gpu else "."),
+                "",
+            ]
+            lines += summary
 
     ratios = results.get("ratios", {})
     if ratios:
@@ -113,6 +191,22 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _speed_rows(speed, with_test=False)
     elif "error" in speed:
         lines += ["## Speed", "", f"FAILED: {speed['error']}", ""]
+
+    large = results.get("speed_large", {})
+    if large.get("entries"):
+        lines += [
+            "## Speed: larger shape",
+            "",
+            f"{large['data']}; lookback {large['lookback']}, horizon {large['horizon']}, "
+            f"{large['layers']}x{large['hidden']}, batch {large['batch']}, {large['windows']:,} windows per entry. "
+            f"Wall and loop as above. Best of {large.get('rounds', 1)} interleaved rounds. Memory: "
+            + large.get("memory_method", "")
+            + ".",
+            "",
+        ]
+        lines += _speed_rows(large, with_test=False)
+    elif "error" in large:
+        lines += ["## Speed: larger shape", "", f"FAILED: {large['error']}", ""]
 
     acc = results.get("accuracy", {})
     if acc.get("entries"):

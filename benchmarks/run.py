@@ -10,11 +10,18 @@ Sections (docs/benchmarks.md explains each and the targets):
   profile      where seqcast's training step time goes (torch.profiler), against the bare loop
 
 Writes benchmarks/results/latest.json and latest.md (or --out DIR) and prints the ratios.
+
+--device cuda (benchmarks/gpu_check.sh runs it): the same entries on the GPU with bf16 autocast (seqcast's own
+CUDA path, a bare cuDNN loop, Darts / NeuralForecast with Lightning's "bf16-mixed"); sections speed, accuracy,
+scaling, store and windowing (default: speed). --shapes reference,large adds a larger speed shape (lookback 336,
+horizon 48, 2 x 256, batch 1024 on synthetic many-series data); on cuda the GPU targets (seqcast >= 0.9x the bare
+loop and >= 3x Darts and NeuralForecast) are checked per shape and cell.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -22,7 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +78,20 @@ SEQCAST_DEFAULTS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class LargeShape:
+    """The larger speed shape (--shapes large): synthetic many-series data, wider and longer than the reference."""
+
+    lookback: int = 336
+    horizon: int = 48
+    hidden: int = 256
+    layers: int = 2
+    batch: int = 1024
+    series: int = 64
+    length: int = 1500  # 64 x (1500 - 2 x 48 held out - 336 - 48 + 1) = 65,344 training windows, 64 batches
+    windows: int = 65_536  # at most about this many training windows per entry (every k-th window beyond)
+
+
+@dataclass(frozen=True)
 class Sizes:
     """How big each section is; FULL fits ~10 minutes on 2 quiet cores, QUICK a few seconds."""
 
@@ -91,6 +112,7 @@ class Sizes:
     hidden: int = 64  # the shared network: layers x hidden
     layers: int = 2
     val_size: int | None = None  # observations per series held for validation (None: WindowConfig's 10%)
+    large: LargeShape = field(default_factory=LargeShape)
 
 
 FULL = Sizes(
@@ -127,6 +149,7 @@ QUICK = Sizes(
     hidden=16,
     layers=1,
     val_size=48,
+    large=LargeShape(lookback=96, horizon=24, hidden=32, layers=1, batch=256, series=8, length=400, windows=512),
 )
 
 
@@ -138,53 +161,77 @@ def log(message: str) -> None:
 # sections
 
 
-def section_speed(sizes: Sizes, tools: list[str], skipped: dict[str, str]) -> dict[str, Any]:
-    from benchmarks.entries import train_bare, train_darts, train_neuralforecast, train_seqcast, warm_up
+SHAPES = ("reference", "large")
+
+
+def section_speed(
+    sizes: Sizes, tools: list[str], skipped: dict[str, str], device: str = "cpu", shape_name: str = "reference"
+) -> dict[str, Any]:
+    """windows/s, wall and peak memory per entry, LSTM and GRU, at one shared shape. "reference": hourly
+    temperatures, lookback 48, horizon 24, the Sizes network, batch 256. "large": `sizes.large` on synthetic
+    many-series data (one horizon per series held for validation and for test)."""
+    from benchmarks.entries import Shape, train_bare, train_darts, train_neuralforecast, train_seqcast, warm_up
     from tasks.windowing import WindowConfig, prepare_windows
 
-    frame = common.load_sample("temperature")
-    data = prepare_windows(
-        frame,
-        WindowConfig(lookback=48, horizon=24, train_stride=sizes.speed_train_stride, val_size=sizes.val_size),
-    )
+    if shape_name == "reference":
+        L, H, hidden, layers, batch = 48, 24, sizes.hidden, sizes.layers, 256
+        stride = sizes.speed_train_stride
+        frame = common.load_sample("temperature")
+        data = prepare_windows(
+            frame,
+            WindowConfig(lookback=L, horizon=H, train_stride=stride, val_size=sizes.val_size),
+        )
+        description = f"temperature: {len(data.panel.series_ids)} series x {int(data.panel.lengths[0])} hourly"
+        label = "speed"
+    else:
+        big = sizes.large
+        L, H, hidden, layers, batch = big.lookback, big.horizon, big.hidden, big.layers, big.batch
+        total = big.series * (big.length - 2 * H - L - H + 1)
+        stride = max(1, total // big.windows)
+        frame = common.synthetic_frame(big.series, big.length)
+        data = prepare_windows(frame, WindowConfig(lookback=L, horizon=H, test_size=H, val_size=H, train_stride=stride))
+        description = f"synthetic (benchmarks.common.synthetic_frame): {big.series} series x {big.length} hourly"
+        label = "speed (large)"
     n = len(data.train_starts)
     windows = sizes.speed_epochs * n
     out: dict[str, Any] = {
-        "data": f"temperature: {len(data.panel.series_ids)} series x {int(data.panel.lengths[0])} hourly"
-        + (
-            f", training windows thinned (train_stride={sizes.speed_train_stride})"
-            if sizes.speed_train_stride > 1
-            else ""
-        ),
-        "lookback": 48,
-        "horizon": 24,
-        "hidden": sizes.hidden,
-        "layers": sizes.layers,
-        "batch": 256,
+        "data": description + (f", training windows thinned (train_stride={stride})" if stride > 1 else ""),
+        "lookback": L,
+        "horizon": H,
+        "hidden": hidden,
+        "layers": layers,
+        "batch": batch,
         "windows": windows,
         "entries": [],
     }
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for cell in ("lstm", "gru"):
-        shape = shape_for(sizes, cell)
-        warm_up(data, shape)
+        shape = Shape(cell=cell, hidden=hidden, layers=layers, batch=batch)
+        warm_up(data, shape, device)
         for round_ in range(sizes.speed_rounds):  # rounds interleave the tools, so load spikes hit all alike
             for tool in tools:
                 if tool in skipped:
                     continue
-                log(f"speed: {tool} {cell} (round {round_ + 1}/{sizes.speed_rounds})")
+                log(f"{label}: {tool} {cell} (round {round_ + 1}/{sizes.speed_rounds})")
                 if tool == "seqcast":
-                    r = train_seqcast(data, shape, sizes.speed_epochs, forecast=False)
+                    r = train_seqcast(data, shape, sizes.speed_epochs, forecast=False, device=device)
                 elif tool == "bare":
-                    r = train_bare(data, shape, sizes.speed_epochs, forecast=False)
+                    r = train_bare(data, shape, sizes.speed_epochs, forecast=False, device=device)
                 elif tool == "darts":  # the same number of windows per series (Darts keeps the newest ones)
-                    per_ts = None if sizes.speed_train_stride == 1 else -(-n // len(data.panel.series_ids))
-                    r = train_darts(data, shape, sizes.speed_epochs, forecast=False, max_samples_per_ts=per_ts)
+                    per_ts = None if stride == 1 else -(-n // len(data.panel.series_ids))
+                    r = train_darts(
+                        data, shape, sizes.speed_epochs, forecast=False, max_samples_per_ts=per_ts, device=device
+                    )
                 else:
-                    r = train_neuralforecast(data, shape, windows, forecast=False)
+                    r = train_neuralforecast(data, shape, windows, forecast=False, device=device)
                 entry = r.to_dict()
-                flops = common.rnn_flops_per_window(cell, 48, sizes.hidden, sizes.layers, 24)
+                flops = common.rnn_flops_per_window(cell, L, hidden, layers, H)
                 entry["gflops_per_s"] = round(flops * r.windows_per_s / 1e9, 2)
+                if device != "cpu":  # progress in the log, in case the run is cut off before the results are written
+                    log(
+                        f"  {entry['windows_per_s']:,.0f} windows/s, wall {r.wall_s:.2f} s, "
+                        f"GPU memory {entry.get('peak_gpu_mem_delta_mib')} MiB, RNN {entry.get('rnn_dtype')}"
+                    )
                 entry["rounds_windows_per_s"] = [
                     *best.get((tool, cell), {}).get("rounds_windows_per_s", []),
                     entry["windows_per_s"],
@@ -200,7 +247,7 @@ def section_speed(sizes: Sizes, tools: list[str], skipped: dict[str, str]) -> di
     return out
 
 
-def section_accuracy(sizes: Sizes, tools: list[str], skipped: dict[str, str]) -> dict[str, Any]:
+def section_accuracy(sizes: Sizes, tools: list[str], skipped: dict[str, str], device: str = "cpu") -> dict[str, Any]:
     from benchmarks.entries import train_bare, train_darts, train_neuralforecast, train_seqcast, warm_up
 
     data = electricity_windows(sizes)
@@ -224,19 +271,19 @@ def section_accuracy(sizes: Sizes, tools: list[str], skipped: dict[str, str]) ->
     }
     for cell in ("lstm", "gru"):
         shape = shape_for(sizes, cell)
-        warm_up(data, shape)
+        warm_up(data, shape, device)
         for tool in tools:
             if tool in skipped:
                 continue
             log(f"accuracy: {tool} {cell}")
             if tool == "seqcast":
-                r = train_seqcast(data, shape, sizes.accuracy_epochs)
+                r = train_seqcast(data, shape, sizes.accuracy_epochs, device=device)
             elif tool == "bare":
-                r = train_bare(data, shape, sizes.accuracy_epochs)
+                r = train_bare(data, shape, sizes.accuracy_epochs, device=device)
             elif tool == "darts":
-                r = train_darts(data, shape, sizes.accuracy_epochs)
+                r = train_darts(data, shape, sizes.accuracy_epochs, device=device)
             else:
-                r = train_neuralforecast(data, shape, windows)
+                r = train_neuralforecast(data, shape, windows, device=device)
             entry = r.to_dict()
             assert r.predicted is not None
             entry["test"] = _rounded(evaluate(r.predicted)["model"])
@@ -397,7 +444,7 @@ def _shape_of(settings: dict[str, Any]) -> Any:
     )
 
 
-def section_scaling(sizes: Sizes, tools: list[str], skipped: dict[str, str]) -> dict[str, Any]:
+def section_scaling(sizes: Sizes, tools: list[str], skipped: dict[str, str], device: str = "cpu") -> dict[str, Any]:
     from benchmarks.entries import train_bare, train_darts, train_neuralforecast, train_seqcast, warm_up
     from tasks.windowing import WindowConfig, prepare_windows
 
@@ -431,20 +478,20 @@ def section_scaling(sizes: Sizes, tools: list[str], skipped: dict[str, str]) -> 
         }
         if "darts" in tools and "darts" not in skipped:
             row["darts_from_group_dataframe_s"] = _darts_ingest_seconds(frame)
-        warm_up(data, shape)
+        warm_up(data, shape, device)
         for tool in tools:
             if tool in skipped:
                 continue
             log(f"scaling: {tool} {n_series} x {length}")
             if tool == "seqcast":
-                r = train_seqcast(data, shape, 1, forecast=False)
+                r = train_seqcast(data, shape, 1, forecast=False, device=device)
             elif tool == "bare":
-                r = train_bare(data, shape, 1, forecast=False)
+                r = train_bare(data, shape, 1, forecast=False, device=device)
             elif tool == "darts":
                 per_ts = max(1, sizes.scaling_windows // n_series)
-                r = train_darts(data, shape, 1, forecast=False, max_samples_per_ts=per_ts)
+                r = train_darts(data, shape, 1, forecast=False, max_samples_per_ts=per_ts, device=device)
             else:
-                r = train_neuralforecast(data, shape, len(data.train_starts), forecast=False)
+                r = train_neuralforecast(data, shape, len(data.train_starts), forecast=False, device=device)
             entry = r.to_dict()
             entry.pop("settings", None)
             entry["setup_s"] = None if r.loop_s is None else round(max(r.wall_s - r.loop_s, 0.0), 3)
@@ -497,10 +544,14 @@ def _entry(section: dict[str, Any], tool: str, cell: str) -> dict[str, Any] | No
     return next((e for e in section.get("entries", []) if e["tool"] == tool and e["cell"] == cell), None)
 
 
+SPEED_KEYS = {"speed": "reference", "speed_large": "large"}  # results key -> --shapes name
+GPU_TARGETS = {"bare": 0.9, "darts": 3.0, "neuralforecast": 3.0}  # seqcast windows/s over the tool's, at least
+
+
 def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
     peak = results["machine"].get("matmul_peak_gflops")
-    for name in ("speed", "accuracy"):
+    for name in ("speed", "speed_large", "accuracy"):
         section = results.get(name, {})
         for cell in ("lstm", "gru"):
             seq = _entry(section, "seqcast", cell)
@@ -518,6 +569,10 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
                     speed[f"seqcast_vs_{tool}_memory"] = round(
                         max(seq["peak_rss_delta_mib"], 1.0) / max(other["peak_rss_delta_mib"], 1.0), 3
                     )
+                    if seq.get("peak_gpu_mem_delta_mib") is not None and other.get("peak_gpu_mem_delta_mib"):
+                        speed[f"seqcast_vs_{tool}_gpu_memory"] = round(
+                            max(seq["peak_gpu_mem_delta_mib"], 1.0) / max(other["peak_gpu_mem_delta_mib"], 1.0), 3
+                        )
                     if name == "accuracy":
                         speed[f"seqcast_vs_{tool}_test_mae"] = round(seq["test"]["mae"] / other["test"]["mae"], 3)
             if peak:
@@ -540,8 +595,41 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, Any]:
     return ratios
 
 
+def compute_gpu_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """--device cuda: per speed shape and cell, seqcast >= 0.9x the bare cuDNN loop and >= 3x Darts and
+    NeuralForecast (windows/s). A tool that was not measured (skipped, failed) gives met=None with the reason."""
+    targets: list[dict[str, Any]] = []
+    skipped = results["meta"].get("skipped", {})
+    for key, shape_name in SPEED_KEYS.items():
+        section = results.get(key)
+        if section is None:
+            continue
+        for cell in ("lstm", "gru"):
+            seq = _entry(section, "seqcast", cell)
+            for tool, minimum in GPU_TARGETS.items():
+                name = f"GPU speed, {shape_name} shape, {cell}: seqcast >= {minimum:g}x {TOOL_NAMES[tool]}"
+                other = _entry(section, tool, cell)
+                if seq is None or other is None:
+                    missing = "seqcast" if seq is None else tool
+                    why = skipped.get(missing) or section.get("error") or "no entry"
+                where = {"shape": shape_name, "cell": cell, "tool": tool, "minimum": minimum}
+                if seq is None or other is None:
+                    missing = "seqcast" if seq is None else tool
+                    why = skipped.get(missing) or section.get("error") or "no entry"
+                    targets.append({"name": name, "value": f"not measured ({missing}: {why})", "met": None, **where})
+                    continue
+                value = round(seq["windows_per_s"] / other["windows_per_s"], 3)
+                targets.append({"name": name, "value": value, "met": value >= minimum, **where})
+    return targets
+
+
+TOOL_NAMES = {"seqcast": "seqcast", "bare": "bare cuDNN loop", "darts": "Darts", "neuralforecast": "NeuralForecast"}
+
+
 def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     targets: list[dict[str, Any]] = []
+    if results["meta"].get("device") == "cuda":
+        targets += compute_gpu_targets(results)
     tta = results.get("time_to_accuracy", {})
     for tool, ratio in (tta.get("speedup_seqcast_vs_peer") or {}).items():
         value = float(ratio.lstrip(">")) if isinstance(ratio, str) else ratio
@@ -579,6 +667,7 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 SECTIONS = ("speed", "accuracy", "time_to_accuracy", "scaling", "store", "windowing", "profile")
+CUDA_SECTIONS = ("speed", "accuracy", "scaling", "store", "windowing")  # time_to_accuracy and profile: CPU only
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -589,14 +678,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="seqcast,bare,darts,neuralforecast",
         help="comma-separated entries to run (default: all; peers that are not installed are skipped with a note)",
     )
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--sections",
+        default=None,
+        help=f"comma-separated, from {','.join(SECTIONS)} (default: all on cpu, speed on cuda)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for latest.json/md")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: every entry on the GPU with bf16 autocast (needs torch with CUDA); sections "
+        + ",".join(CUDA_SECTIONS),
+    )
+    parser.add_argument(
+        "--shapes",
+        default="reference",
+        help="comma-separated speed shapes, from reference (temperature, L=48, H=24, batch 256) and large "
+        "(synthetic, L=336, H=48, 2x256, batch 1024; very slow on CPU unless --quick)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from benchmarks.entries import TOOLS, available
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False); "
+            "run on a machine with a GPU and a CUDA build of torch, or use --device cpu"
+        )
+    from benchmarks.entries import PEERS, TOOLS, available
     from benchmarks.report import markdown
 
     torch.set_num_threads(THREADS)
@@ -605,22 +716,45 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         raise SystemExit(f"unknown --tools {unknown}; choose from {','.join(TOOLS)}")
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    default_sections = ",".join(SECTIONS) if args.device == "cpu" else "speed"
+    sections = [s.strip() for s in (args.sections or default_sections).split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         raise SystemExit(f"unknown --sections {bad}; choose from {','.join(SECTIONS)}")
+    if args.device == "cuda" and any(s not in CUDA_SECTIONS for s in sections):
+        cpu_only = [s for s in sections if s not in CUDA_SECTIONS]
+        raise SystemExit(
+            f"--sections {cpu_only} run on CPU only; with --device cuda choose from {','.join(CUDA_SECTIONS)}"
+        )
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if not shapes or any(s not in SHAPES for s in shapes):
+        raise SystemExit(f"unknown --shapes {shapes}; choose from {','.join(SHAPES)}")
     skipped: dict[str, str] = {}
     for tool in TOOLS:
         if tool not in tools:
             skipped[tool] = "not requested (--tools)"
         elif not available(tool):
             skipped[tool] = "not installed: pip install -e '.[bench]' (with torch==2.13.0 on the same command line)"
+        elif args.device == "cuda" and tool in PEERS:  # on a GPU image a peer may be there with a dependency missing
+            try:
+                importlib.import_module(PEERS[tool])
+            except Exception as exc:
+                skipped[tool] = f"not importable: {exc.__class__.__name__}: {exc}"
     started = time.perf_counter()
-    log(f"benchmarks ({'quick' if args.quick else 'full'}): tools {[t for t in tools if t not in skipped]}")
+    cuda = args.device == "cuda"
+    log(
+        f"benchmarks ({'quick' if args.quick else 'full'}{', cuda' if cuda else ''}): "
+        f"tools {[t for t in tools if t not in skipped]}"
+    )
     for tool, why in skipped.items():
         log(f"skipping {tool}: {why}")
     machine = common.machine_info()
-    machine["matmul_peak_gflops"] = round(common.matmul_peak_gflops(seconds=sizes.peak_seconds), 1)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # what seqcast's CUDA path sets; set here so every entry has it
+        machine["gpu"] = common.gpu_info()
+        machine["matmul_peak_dtype"] = "bfloat16 (GPU)"
+        log(f"GPU: {machine['gpu']['name']}, CUDA {machine['gpu']['cuda']}, cuDNN {machine['gpu']['cudnn']}")
+    machine["matmul_peak_gflops"] = round(common.matmul_peak_gflops(seconds=sizes.peak_seconds, device=args.device), 1)
     results: dict[str, Any] = {
         "meta": {
             "mode": "quick" if args.quick else "full",
@@ -631,21 +765,33 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": machine,
     }
+    if cuda:
+        results["meta"]["device"] = "cuda"
+    if shapes != ["reference"] and "speed" in sections:
+        results["meta"]["shapes"] = shapes
     errors: dict[str, str] = {}
+    device = args.device
     runners = {
-        "speed": lambda: section_speed(sizes, tools, skipped),
-        "accuracy": lambda: section_accuracy(sizes, tools, skipped),
+        "speed": lambda: section_speed(sizes, tools, skipped, device, "reference"),
+        "speed_large": lambda: section_speed(sizes, tools, skipped, device, "large"),
+        "accuracy": lambda: section_accuracy(sizes, tools, skipped, device),
         "time_to_accuracy": lambda: section_time_to_accuracy(sizes, tools, skipped),
-        "scaling": lambda: section_scaling(sizes, tools, skipped),
+        "scaling": lambda: section_scaling(sizes, tools, skipped, device),
         "store": lambda: section_store(sizes),
         "windowing": lambda: section_windowing(sizes),
         "profile": lambda: section_profile(sizes),
     }
+    planned: list[str] = []
     for name in SECTIONS:
         if name not in sections:
             continue
         if name == "profile" and "seqcast" in skipped:
             continue
+        if name == "speed":  # one results key per shape: "speed" (reference) and "speed_large"
+            planned += [key for key, shape in SPEED_KEYS.items() if shape in shapes]
+        else:
+            planned.append(name)
+    for name in planned:
         t = time.perf_counter()
         log(f"section {name}")
         try:
@@ -655,6 +801,11 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"error": f"{exc.__class__.__name__}: {exc}"}
             log(f"section {name} FAILED: {exc.__class__.__name__}: {exc}")
         results[name]["section_s"] = round(time.perf_counter() - t, 1)
+        if cuda:  # what is done so far survives a run cut off by gpu_check.sh's time budget
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            _write(Path(args.out) / "partial.json", json.dumps(results, indent=2, default=_json_default) + "\n")
+    if cuda:
+        results["meta"]["bf16"] = bf16_summary(results)
     results["ratios"] = compute_ratios(results)
     results["targets"] = compute_targets(results)
     results["meta"]["total_s"] = round(time.perf_counter() - started, 1)
@@ -666,9 +817,31 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "latest.json", json.dumps(results, indent=2, default=_json_default) + "\n")
     _write(out / "latest.md", markdown(results))
+    if cuda:
+        (out / "partial.json").unlink(missing_ok=True)  # superseded by latest.json
     print(json.dumps({"ratios": results["ratios"], "targets": results["targets"]}, indent=2, default=_json_default))
     log(f"wrote {out / 'latest.json'} and {out / 'latest.md'} in {results['meta']['total_s']:.0f} s")
     return 1 if errors else 0
+
+
+def bf16_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """--device cuda: what each entry asked for (bf16 autocast) and what its first RNN layer really produced."""
+    rnn: dict[str, Any] = {}
+    asked: dict[str, Any] = {}
+    for key in ("speed", "speed_large", "accuracy", "scaling"):
+        section = results.get(key, {})
+        entries = section.get("entries", []) or [e for s in section.get("sets", []) for e in s.get("entries", [])]
+        for e in entries:
+            rnn[f"{key}/{e['tool']}/{e['cell']}"] = e.get("rnn_dtype")
+            asked[f"{key}/{e['tool']}/{e['cell']}"] = e.get("bf16_autocast")
+    return {
+        "autocast_dtype": "bfloat16",
+        "lightning_precision": "bf16-mixed",
+        "all_bf16": bool(rnn) and all(v == "bfloat16" for v in rnn.values()),
+        "rnn_output_dtype": rnn,
+        "bf16_autocast": asked,
+        "gpu_bf16_supported": results["machine"].get("gpu", {}).get("bf16_supported"),
+    }
 
 
 def _json_default(value: Any) -> Any:

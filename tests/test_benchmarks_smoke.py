@@ -1,4 +1,5 @@
-"""Smoke test of the benchmarks: `benchmarks/run.py --quick` on tiny data, as a subprocess.
+"""Smoke test of the benchmarks: `benchmarks/run.py --quick` on tiny data, as a subprocess; `--device cuda` refused
+without CUDA; and `benchmarks/gpu_check.sh` in its CPU dry mode.
 
 Only the seqcast and bare-loop entries run. Where Darts and NeuralForecast are not installed (CI installs the dev
 extra only), they are requested anyway, to check that they are skipped with a note and nothing fails; where they
@@ -10,10 +11,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import numbers
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("darts", "neuralforecast")
@@ -83,3 +88,70 @@ def test_quick_benchmark_writes_results_with_positive_ratios(tmp_path: Path) -> 
     assert results["profile"]["seqcast_fit_forecaster"]["wall_ms_per_step"] > 0
     assert {t["name"] for t in results["targets"]} >= {"windowing peak memory <= 2x raw values"}
     assert "## Speed" in (tmp_path / "latest.md").read_text()
+
+
+def test_device_cuda_is_refused_with_one_clear_line_without_cuda(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is allowed here")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--device", "cuda", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("--device cuda:") and "torch.cuda.is_available() is False" in last, proc.stderr[-4000:]
+    assert not (tmp_path / "latest.json").exists()
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh with SEQCAST_GPU_CHECK_DEVICE=cpu: the GPU check's own steps (python probe, Prefect
+    stand-in, both speed shapes, results under $OUT, the table printed) with --device cpu --quick."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    env = {
+        **os.environ,
+        "SEQCAST_GPU_CHECK_DEVICE": "cpu",
+        "SEQCAST_PYTHON": sys.executable,
+        "SEQCAST_GPU_CHECK_TOOLS": "seqcast,bare",  # the peers' imports and Lightning start-up would take most of it
+        "SEQCAST_GPU_CHECK_PREFECT_STUB": "1",  # the GPU image has no Prefect: the stand-in must be enough
+        "SEQCAST_GPU_WHEELS": str(tmp_path / "no-wheels"),
+        "OUT": str(tmp_path / "out"),
+    }
+    proc = subprocess.run(
+        [bash, str(ROOT / "benchmarks" / "gpu_check.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = tmp_path / "out"
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "stand-in" in proc.stdout and "== run.py finished" in proc.stdout
+    assert {"latest.json", "latest.md", "gpu_check.log"} <= {p.name for p in out.iterdir()}
+
+    results = json.loads((out / "latest.json").read_text())
+    assert results["meta"]["mode"] == "quick" and results["meta"]["shapes"] == ["reference", "large"]
+    assert not results["meta"].get("errors"), results["meta"].get("errors")
+    assert {"speed", "speed_large", "machine", "ratios", "targets"} <= set(results)
+    assert results["speed_large"]["lookback"] > results["speed"]["lookback"]
+    for section in ("speed", "speed_large"):
+        entries = results[section]["entries"]
+        assert {(e["tool"], e["cell"]) for e in entries} == {
+            (tool, cell) for tool in ("seqcast", "bare") for cell in ("lstm", "gru")
+        }
+        assert all(e["windows_per_s"] > 0 for e in entries)
+        for cell in ("lstm", "gru"):
+            assert results["ratios"][f"{section}_{cell}"]["seqcast_vs_bare"] > 0
+    markdown = (out / "latest.md").read_text()
+    assert "## Speed summary" in markdown and "## Speed: larger shape" in markdown
+    assert "## Speed summary" in proc.stdout  # the table is printed at the end
