@@ -248,7 +248,6 @@ def markdown(results: dict[str, Any]) -> str:
                     "-" if best is None else f"{best:.1f}",
                     reached,
                     str(tta.get("speedup_seqcast_vs_peer", {}).get(tool, "")),
-                    str(tta.get("speedup_seqcast_defaults_vs_peer", {}).get(tool, "")),
                 ]
             )
         lines += _table(
@@ -260,14 +259,13 @@ def markdown(results: dict[str, Any]) -> str:
                 "final MASE",
                 "best checkpoint MAE",
                 "s to target",
-                "tool s / seqcast (tuned) s",
-                "tool s / seqcast (defaults) s",
+                "tool s / seqcast s",
             ],
             rows,
         )
         lines += [
-            f"seqcast (tuned) settings: `{tta['seqcast_settings']}`; "
-            "seqcast_defaults: the TrainConfig class defaults (2x64, batch 256, lr 1e-3).",
+            f"seqcast: its defaults, `{tta['seqcast_settings']}`; seqcast_last_head: the same with head 'last' "
+            "(the last hidden state to all H outputs).",
             "",
         ]
     elif tta.get("skipped"):
@@ -379,6 +377,12 @@ def markdown(results: dict[str, Any]) -> str:
             [[g, seq["groups_ms_per_step"].get(g, 0.0), bare["groups_ms_per_step"].get(g, 0.0)] for g in groups],
         )
         lines += _table(["seqcast top ops", "ms/step"], [[k, v] for k, v in seq["top_ops_ms_per_step"].items()])
+
+    demo = results.get("demo", {})
+    if demo.get("first_run"):
+        from benchmarks.demo_timing import markdown as demo_markdown
+
+        lines += ["## `seqcast demo`, stage by stage", "", *demo_markdown(demo), ""]
 
     errors = meta.get("errors")
     if errors:

@@ -3,11 +3,13 @@
 Sections (docs/benchmarks.md explains each and the targets):
   speed        hourly temperatures (2 x 8760): windows/s, wall, peak memory per entry, LSTM and GRU, shared shape
   accuracy     electricity (4032 half-hours): test MAE / MASE at an equal training budget, with seasonal naive
-  time_to_acc  electricity, LSTM: each peer at its own defaults vs seqcast tuned: time until the best peer's MAE
+  time_to_acc  electricity, LSTM: each tool at its own defaults: time until the best peer's MAE
   scaling      synthetic many-series sets at a fixed number of windows: how cost grows with the number of series
   store        upsert_forecasts vs a plain bulk insert, SQLite and PostgreSQL
   windowing    prepare_windows peak memory on 1,000 x 10,000 against the raw values
   profile      where seqcast's training step time goes (torch.profiler), against the bare loop
+  demo         `seqcast demo` timed stage by stage on fresh stores, then again (benchmarks/demo_timing.py);
+               not in --quick's default sections (it runs the real CLI twice)
 
 Writes benchmarks/results/latest.json and latest.md (or --out DIR) and prints the ratios.
 
@@ -47,34 +49,15 @@ import torch  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks.common import THREADS  # noqa: E402
 
-# seqcast's settings for time to accuracy (found by the sweep in docs/benchmarks.md)
-SEQCAST_TUNED: dict[str, Any] = {
-    "cell": "lstm",
-    "hidden_size": 32,
-    "num_layers": 1,
-    "batch_size": 32,
-    "learning_rate": 5e-3,
-    "lr_schedule": "plateau",
-    "patience": 6,
-    "grad_clip": 1.0,
-    "max_epochs": 200,
-    "num_threads": 1,
-}
 
+def seqcast_defaults() -> dict[str, Any]:
+    """seqcast's own defaults for time to accuracy: TrainConfig() as the train flow uses it (LSTM, head "auto",
+    threads chosen by `training_threads`), so the benchmark measures what users get."""
+    from tasks.train import TrainConfig
 
-# TrainConfig class defaults: 2x64, batch 256, AdamW 1e-3, plateau, patience 5, clip 1.0, 30 epochs, all threads
-SEQCAST_DEFAULTS: dict[str, Any] = {
-    "cell": "lstm",
-    "hidden_size": 64,
-    "num_layers": 2,
-    "batch_size": 256,
-    "learning_rate": 1e-3,
-    "lr_schedule": "plateau",
-    "patience": 5,
-    "grad_clip": 1.0,
-    "max_epochs": 30,
-    "num_threads": None,
-}
+    keep = ("cell", "hidden_size", "num_layers", "batch_size", "learning_rate", "lr_schedule", "patience")
+    keep += ("grad_clip", "max_epochs", "num_threads", "head", "loss", "weight_decay")
+    return TrainConfig(cell="lstm").model_dump(include=set(keep))
 
 
 @dataclass(frozen=True)
@@ -352,12 +335,12 @@ def section_time_to_accuracy(sizes: Sizes, tools: list[str], skipped: dict[str, 
         "horizon": 48,
         "cap_s": sizes.tta_cap_s,
         "rule": (
-            "each peer at its own defaults (plus lookback/horizon; Darts model='LSTM'), trained until its defaults end "
+            "each tool at its own defaults (plus lookback/horizon; Darts model='LSTM'), trained until its defaults end "
             f"or {sizes.tta_cap_s:.0f} s of training time; test MAE scored at every epoch (Darts, seqcast) or 10 steps "
             "(NeuralForecast) with the clock paused. Target MAE = the best peer's final MAE; time to target = first "
             "checkpoint at or below it."
         ),
-        "seqcast_settings": SEQCAST_TUNED,
+        "seqcast_settings": seqcast_defaults(),
         "runs": {},
     }
     if not peers or "seqcast" not in tools:
@@ -381,18 +364,16 @@ def section_time_to_accuracy(sizes: Sizes, tools: list[str], skipped: dict[str, 
         out["runs"][tool] = {**r.to_dict(), "final_test": _rounded(evaluate(r.predicted)["model"])}
     target = min(run["final_test"]["mae"] for run in out["runs"].values())
     best_peer = min(out["runs"], key=lambda t: out["runs"][t]["final_test"]["mae"])
-    log(f"time to accuracy: seqcast (tuned, target MAE {target:.1f} from {best_peer})")
-    curve = Curve(score=score, clock=common.Stopwatch(), max_seconds=sizes.tta_seqcast_cap_s)
-    settings = dict(SEQCAST_TUNED)
-    epochs = int(settings.pop("max_epochs"))
-    r = train_seqcast(data, _shape_of(settings), epochs, curve=curve, overrides={**settings, "max_epochs": epochs})
-    assert r.predicted is not None
-    out["runs"]["seqcast"] = {**r.to_dict(), "final_test": _rounded(evaluate(r.predicted)["model"])}
-    log("time to accuracy: seqcast at the TrainConfig class defaults (for reference)")
-    curve = Curve(score=score, clock=common.Stopwatch(), max_seconds=sizes.tta_cap_s)
-    r = train_seqcast(data, _shape_of(SEQCAST_DEFAULTS), 30, curve=curve, overrides=SEQCAST_DEFAULTS)
-    assert r.predicted is not None
-    out["runs"]["seqcast_defaults"] = {**r.to_dict(), "final_test": _rounded(evaluate(r.predicted)["model"])}
+    log(f"time to accuracy: seqcast (its defaults, target MAE {target:.1f} from {best_peer})")
+    for key, settings in (
+        ("seqcast", seqcast_defaults()),
+        ("seqcast_last_head", {**seqcast_defaults(), "head": "last"}),  # the head before 2026-11-27, for reference
+    ):
+        curve = Curve(score=score, clock=common.Stopwatch(), max_seconds=sizes.tta_seqcast_cap_s)
+        epochs = int(settings["max_epochs"])
+        r = train_seqcast(data, _shape_of(settings), epochs, curve=curve, overrides=settings)
+        assert r.predicted is not None
+        out["runs"][key] = {**r.to_dict(), "final_test": _rounded(evaluate(r.predicted)["model"])}
     out["target_mae"] = round(target, 4)
     out["best_peer"] = best_peer
     reached: dict[str, Any] = {}
@@ -418,17 +399,6 @@ def section_time_to_accuracy(sizes: Sizes, tools: list[str], skipped: dict[str, 
         else:
             ratios[tool] = f">{peer['lower_bound_s'] / seq:.2f}"
     out["speedup_seqcast_vs_peer"] = ratios
-    d = reached["seqcast_defaults"]["seconds"]
-    out["speedup_seqcast_defaults_vs_peer"] = {
-        tool: None
-        if d is None
-        else (
-            round(reached[tool]["seconds"] / d, 2)
-            if reached[tool]["seconds"] is not None
-            else f">{reached[tool]['lower_bound_s'] / d:.2f}"
-        )
-        for tool in peers
-    }
     return out
 
 
@@ -522,6 +492,12 @@ def section_windowing(sizes: Sizes) -> dict[str, Any]:
     from benchmarks.windowing_bench import run_windowing_bench
 
     return run_windowing_bench(*sizes.windowing)
+
+
+def section_demo(quick: bool) -> dict[str, Any]:
+    from benchmarks.demo_timing import run_demo_timing
+
+    return run_demo_timing(quick=quick)
 
 
 def section_profile(sizes: Sizes) -> dict[str, Any]:
@@ -666,7 +642,7 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # main
 
 
-SECTIONS = ("speed", "accuracy", "time_to_accuracy", "scaling", "store", "windowing", "profile")
+SECTIONS = ("speed", "accuracy", "time_to_accuracy", "scaling", "store", "windowing", "profile", "demo")
 CUDA_SECTIONS = ("speed", "accuracy", "scaling", "store", "windowing")  # time_to_accuracy and profile: CPU only
 
 
@@ -712,11 +688,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(THREADS)
     sizes = QUICK if args.quick else FULL
+    cuda = args.device == "cuda"
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         raise SystemExit(f"unknown --tools {unknown}; choose from {','.join(TOOLS)}")
-    default_sections = ",".join(SECTIONS) if args.device == "cpu" else "speed"
+    default_sections = ",".join(s for s in SECTIONS if not (args.quick and s == "demo")) if not cuda else "speed"
     sections = [s.strip() for s in (args.sections or default_sections).split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
@@ -741,7 +718,6 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 skipped[tool] = f"not importable: {exc.__class__.__name__}: {exc}"
     started = time.perf_counter()
-    cuda = args.device == "cuda"
     log(
         f"benchmarks ({'quick' if args.quick else 'full'}{', cuda' if cuda else ''}): "
         f"tools {[t for t in tools if t not in skipped]}"
@@ -780,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         "store": lambda: section_store(sizes),
         "windowing": lambda: section_windowing(sizes),
         "profile": lambda: section_profile(sizes),
+        "demo": lambda: section_demo(args.quick),
     }
     planned: list[str] = []
     for name in SECTIONS:
