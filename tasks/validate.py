@@ -573,8 +573,9 @@ def _regularity(ts: pd.DatetimeIndex) -> tuple[str, np.ndarray, np.ndarray, pd.D
         grid = pd.date_range(ts[0], ts[-1], freq="B") if not off.any() else None
         return freq, off.astype(float), miss.astype(float), grid
     offset = pd.tseries.frequencies.to_offset(freq)
-    if not isinstance(offset, Tick):
-        raise ValueError(f"frequency {freq!r} is not a fixed step")
+    if not isinstance(offset, Tick):  # a calendar frequency: `infer_freq` names one only when every step follows it
+        zeros = np.zeros(len(ts) - 1)
+        return freq, zeros, zeros, None
     step = pd.Timedelta(offset)
     step_units = int(step / pd.Timedelta(1, unit=ts.unit))
     diffs = np.diff(ts.asi8)

@@ -267,6 +267,19 @@ def test_forecast_frame_refuses_bad_input(trained: FitResult, sine_data: Windowe
         forecast_frame(loaded, frame.assign(value=frame["value"].where(frame.index != 290)))
 
 
+def test_monthly_series_are_trained_and_forecast_on_month_starts() -> None:
+    """Monthly steps vary (28-31 days): the panel, the saved model and the forecast targets all say "MS"."""
+    frame = sine_frame(n=120)
+    months = pd.date_range("2010-01-01", periods=120, freq="MS", tz="UTC")
+    frame["ts"] = np.tile(months, 2)
+    data = window(frame)
+    assert data.freq == "MS"
+    fit = fit_forecaster(data, small(max_epochs=1))
+    out = forecast_frame(loaded_from(fit, data), frame)
+    targets = pd.DatetimeIndex(out.loc[out["series_id"] == "s1", "target_ts"])
+    assert list(targets) == list(pd.date_range("2020-01-01", periods=HORIZON, freq="MS", tz="UTC"))
+
+
 def test_business_day_targets_skip_weekends() -> None:
     friday = pd.DatetimeIndex([pd.Timestamp("2024-01-05", tz="UTC")])
     targets = pd.DatetimeIndex(target_timestamps(friday, "B", 3)[0])

@@ -15,6 +15,7 @@ from models.windows import (
     SeriesPanel,
     _sorted_layout,
     gather_windows,
+    infer_freq,
     make_windows,
     origin_starts,
     panel_from_frame,
@@ -430,3 +431,15 @@ def test_timestamps_at_without_a_flat_index() -> None:
     index = np.array([0, 39, 40, 64])
     assert data.timestamps_at(index).equals(per_series.timestamps_at(index))
     assert data.timestamps_at(index).unit == per_series.timestamps_at(index).unit == "ns"
+
+
+@pytest.mark.parametrize(
+    ("freq", "named"), [("MS", "MS"), ("ME", "ME"), ("QS", "QS-JAN"), ("YS", "YS-JAN"), ("h", "h"), ("B", "B")]
+)
+def test_calendar_frequencies_are_named_by_the_calendar(freq: str, named: str) -> None:
+    assert infer_freq(pd.date_range("2019-01-31", periods=30, freq=freq, tz="UTC")) == named
+
+
+def test_a_gap_in_monthly_data_falls_back_to_the_most_common_step() -> None:
+    gapped = pd.date_range("2019-01-01", periods=30, freq="MS", tz="UTC").delete(5)
+    assert infer_freq(gapped) == "744h"  # validation reports the gap; windows are never cut across it
