@@ -56,6 +56,15 @@ class SeriesPanel:
         """Series number of each flat index."""
         return np.searchsorted(self.offsets, flat_index, side="right") - 1
 
+    def flat_times(self) -> np.ndarray:
+        """Every timestamp as naive UTC datetime64 `[total]`, aligned with `values`: a view of `flat_timestamps`
+        when the panel has it (no copy), else the per-series indexes concatenated."""
+        if self.flat_timestamps is not None:
+            return self.flat_timestamps.asi8.view(f"M8[{self.flat_timestamps.unit}]")
+        if not self.timestamps:
+            return np.zeros(0, dtype="M8[ns]")
+        return np.concatenate([pd.DatetimeIndex(ts).as_unit("ns").asi8 for ts in self.timestamps]).view("M8[ns]")
+
     def with_values(self, values: np.ndarray) -> SeriesPanel:
         return SeriesPanel(self.series_ids, values, self.offsets, self.timestamps, self.freq, self.flat_timestamps)
 

@@ -238,9 +238,7 @@ def requested_series(series: Sequence[str] | None) -> list[str] | None:
 
 def _flat_ns(panel: SeriesPanel) -> np.ndarray:
     """Every timestamp of the panel as int64 ns UTC `[total]`, aligned with `panel.values`."""
-    if not panel.timestamps:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([pd.DatetimeIndex(ts).as_unit("ns").asi8 for ts in panel.timestamps])
+    return panel.flat_times().astype("M8[ns]", copy=False).view(np.int64)
 
 
 def _fixed_step_ns(freq: str) -> int | None:

@@ -143,16 +143,8 @@ class WindowedData:
 
     @cached_property
     def _flat_ts(self) -> np.ndarray:
-        """Every timestamp of the panel as naive UTC datetime64 `[total]`, aligned with `panel.values`.
-
-        A view of the panel's flat index when it has one (no copy); otherwise the per-series ones concatenated.
-        """
-        flat = self.panel.flat_timestamps
-        if flat is not None:
-            return flat.asi8.view(f"M8[{flat.unit}]")
-        if not self.panel.timestamps:
-            return np.zeros(0, dtype="M8[ns]")
-        return np.concatenate([pd.DatetimeIndex(ts).as_unit("ns").asi8 for ts in self.panel.timestamps]).view("M8[ns]")
+        """Every timestamp of the panel as naive UTC datetime64 `[total]` (see `SeriesPanel.flat_times`)."""
+        return self.panel.flat_times()
 
     def timestamps_at(self, flat_index: np.ndarray) -> pd.DatetimeIndex:
         """UTC timestamps (ns) of flat indices."""
