@@ -326,7 +326,12 @@ def read_observations(
     start: pd.Timestamp | dt.datetime | None = None,
     end: pd.Timestamp | dt.datetime | None = None,
 ) -> pd.DataFrame:
-    """Observations sorted by (series_id, ts), ts UTC-aware; `end` is inclusive (the as-of rule: ts <= end)."""
+    """Observations sorted by (series_id, ts), ts UTC-aware; `end` is inclusive (the as-of rule: ts <= end).
+
+    Ids are ordered by code point on every backend (SQLite's default; "C" collation on PostgreSQL), the order the
+    window builder takes a frame in without re-sorting it.
+    """
+    series_order = observations.c.series_id.collate("C") if engine.dialect.name == "postgresql" else None
     query = select(observations.c.series_id, observations.c.ts, observations.c.value)
     if series_ids is not None:
         query = query.where(observations.c.series_id.in_(list(series_ids)))
@@ -334,7 +339,7 @@ def read_observations(
         query = query.where(observations.c.ts >= pd.Timestamp(start).to_pydatetime())
     if end is not None:
         query = query.where(observations.c.ts <= pd.Timestamp(end).to_pydatetime())
-    query = query.order_by(observations.c.series_id, observations.c.ts)
+    query = query.order_by(observations.c.series_id if series_order is None else series_order, observations.c.ts)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     if not rows:

@@ -46,7 +46,11 @@ def postgres_database() -> Iterator[str]:
     name = f"seqcast_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        # A natural-language collation, as most production databases have (en_US and the like sort "a" < "B"
+        # and skip punctuation), so code that needs code-point order must ask for it. ICU needs PostgreSQL 15.
+        icu = conn.execute(text("select current_setting('server_version_num')::int >= 150000")).scalar()
+        locale = " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en'" if icu else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{locale}'))
     url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     yield url
     from tasks.store import dispose_engines

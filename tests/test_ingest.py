@@ -382,3 +382,14 @@ def test_rewriting_many_series_counts_new_changed_and_unchanged_rows_per_series(
     assert by_series["meter-1100"] == (0, 1, 1) and by_series["meter-0003"] == (1, 0, 2)
     stored = store.read_observations(engine, series_ids=["meter-1100"])
     assert stored["value"].tolist() == [1100.0, -5.0]
+
+
+def test_observations_come_back_in_code_point_order_of_their_ids(db_url: str) -> None:
+    """The order the window builder uses frames in without a re-sort, whatever the database's collation."""
+    ids = ["b", "B", "a-2", "a1", "A", "é", "z"]
+    frame = pd.DataFrame(
+        {"series_id": ids, "ts": [pd.Timestamp("2024-01-01", tz="UTC")] * len(ids), "value": [1.0] * len(ids)}
+    )
+    engine = store.get_engine(db_url)
+    store.upsert_observations(engine, frame)
+    assert store.read_observations(engine)["series_id"].tolist() == sorted(ids)
