@@ -57,7 +57,8 @@ def seqcast_defaults() -> dict[str, Any]:
 
     keep = ("cell", "hidden_size", "num_layers", "batch_size", "learning_rate", "lr_schedule", "patience")
     keep += ("grad_clip", "max_epochs", "num_threads", "head", "loss", "weight_decay")
-    return TrainConfig(cell="lstm").model_dump(include=set(keep))
+    config = TrainConfig(cell="lstm")
+    return {**config.model_dump(include=set(keep)), "batch_size": config.effective_batch_size}
 
 
 @dataclass(frozen=True)

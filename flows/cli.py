@@ -141,7 +141,12 @@ def _train_options(function: Any) -> Any:
         ),
         click.option("--hidden-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option("--layers", "num_layers", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Windows per optimizer step.  [default: 32 for the LSTM, 64 for the GRU]",
+        ),
         click.option(
             "--device",
             type=click.Choice(["auto", "cpu", "cuda"]),

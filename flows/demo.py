@@ -32,7 +32,7 @@ def demo_flow(
     max_epochs: int = 60,
     hidden_size: int = 32,
     num_layers: int = 1,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     seed: int = 0,
 ) -> DemoSummary:

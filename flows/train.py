@@ -67,7 +67,7 @@ def train_flow(
     num_layers: int = 1,
     dropout: float = 0.0,
     head: Literal["auto", "last", "per_step"] = "auto",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     max_epochs: int = 60,
     learning_rate: float = 5e-3,
     patience: int = 6,
@@ -86,6 +86,7 @@ def train_flow(
 
     Evaluation origins are every `eval_stride` steps of the test part (default: one season, i.e. daily origins
     for sub-daily data); MASE uses the seasonal-naive scale with `season` (default: from the frequency).
+    `batch_size` None trains each cell at its own default (32 for the LSTM, 64 for the GRU).
     """
     settings = get_settings()
     context = resolve_run_context(as_of, trigger)

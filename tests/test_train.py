@@ -112,6 +112,7 @@ def test_num_threads_is_restored() -> None:
 def test_small_networks_train_on_one_cpu_thread_and_large_ones_on_torchs_default() -> None:
     cpu = torch.device("cpu")
     assert training_threads(TrainConfig(), cpu) == 1  # 1x32 LSTM at batch 32
+    assert training_threads(TrainConfig(cell="gru"), cpu) == 1  # 1x32 GRU at batch 64
     assert training_threads(TrainConfig(hidden_size=64, num_layers=2, batch_size=256), cpu) is None
     assert training_threads(TrainConfig(cell="gru", hidden_size=80, batch_size=128), cpu) == 1  # 30,720 outputs
     assert training_threads(TrainConfig(cell="lstm", hidden_size=80, batch_size=128), cpu) is None  # 40,960
@@ -130,6 +131,30 @@ def test_automatic_threads_apply_only_while_training() -> None:
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
+
+
+def test_each_cell_gets_its_own_default_batch_and_an_explicit_one_wins() -> None:
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from models.forecaster import RecurrentForecaster
+
+    assert TrainConfig(cell="gru", batch_size=16).effective_batch_size == 16
+    data = windows({"s": np.sin(np.arange(400) / 3.0)})
+    batches: dict[str, list[int]] = {"lstm": [], "gru": []}
+
+    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if isinstance(module, RecurrentForecaster) and module.training:
+            batches[module.config.cell].append(args[0].shape[0])
+
+    handle = register_module_forward_pre_hook(record)
+    try:
+        for cell in ("lstm", "gru"):
+            fit_forecaster(data, config(cell=cell, batch_size=None, max_epochs=1))
+    finally:
+        handle.remove()
+    n_train = len(data.train_starts)
+    assert batches["lstm"][0] == 32 and sum(batches["lstm"]) == n_train
+    assert batches["gru"][0] == 64 and sum(batches["gru"]) == n_train
 
 
 def test_flow_and_cli_defaults_are_the_trainer_defaults() -> None:
