@@ -145,28 +145,17 @@ def watch_rnn_dtype(module: torch.nn.Module, sink: dict[str, Any]) -> None:
         handles.append(rnn.register_forward_hook(hook))
 
 
-_BF16_RNN: dict[tuple[str, str], bool] = {}
-
-
 def bf16_rnn_supported(cell: str, device: torch.device) -> bool:
-    """Whether nn.LSTM / nn.GRU runs forward and backward under bf16 autocast on this CUDA device (a tiny probe,
-    once per device and cell); False on CPU. The bare loop falls back to float32 where it does not, as seqcast's
-    own `bf16_autocast_supported` does."""
+    """Whether nn.LSTM / nn.GRU runs forward and backward under bf16 autocast on this CUDA device: seqcast's own
+    probe (`bf16_autocast_supported`, once per device and cell); False on CPU. The bare loop falls back to float32
+    where it does not, as seqcast does."""
+    from models.forecaster import ForecasterConfig, RecurrentForecaster, bf16_autocast_supported
+
     if device.type != "cuda":
         return False
-    key = (str(device), cell)
-    if key not in _BF16_RNN:
-        with torch.random.fork_rng(devices=[]):  # the probe must not shift the entries' seeded CPU RNG
-            probe = _BareNet(Shape(cell=cell, hidden=8, layers=1), 2).to(device)
-        try:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = probe(torch.zeros(2, 4, 1, device=device))  # [2, 4, 1] -> [2, 2]
-            out.float().sum().backward()
-            torch.cuda.synchronize(device)
-            _BF16_RNN[key] = True
-        except RuntimeError:
-            _BF16_RNN[key] = False
-    return _BF16_RNN[key]
+    with torch.random.fork_rng(devices=[]):  # building the probe must not shift the entries' seeded CPU RNG
+        probe = RecurrentForecaster(ForecasterConfig(cell=cell, lookback=4, horizon=2, hidden_size=8, num_layers=1))  # type: ignore[arg-type]
+    return bf16_autocast_supported(probe, device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
