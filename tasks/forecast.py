@@ -650,24 +650,11 @@ def observation_span(
     return to_utc(first), to_utc(last)
 
 
-def _database_unreachable(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry only when the database could not be reached (or dropped us), not on bad data or schema problems."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    try:
-        state.result()
-    except (OperationalError, InterfaceError):
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="write-forecasts",
     retries=3,
     retry_delay_seconds=[1, 5, 15],
-    retry_condition_fn=_database_unreachable,
+    retry_condition_fn=store.is_connection_error,
     cache_policy=NO_CACHE,
 )
 def write_forecasts_task(url: str, frame: pd.DataFrame) -> int:
@@ -679,7 +666,7 @@ def write_forecasts_task(url: str, frame: pd.DataFrame) -> int:
     name="observation-span",
     retries=3,
     retry_delay_seconds=[1, 5, 15],
-    retry_condition_fn=_database_unreachable,
+    retry_condition_fn=store.is_connection_error,
     cache_policy=NO_CACHE,
 )
 def observation_span_task(url: str, series_ids: list[str] | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
@@ -690,7 +677,7 @@ def observation_span_task(url: str, series_ids: list[str] | None = None) -> tupl
     name="existing-origins",
     retries=3,
     retry_delay_seconds=[1, 5, 15],
-    retry_condition_fn=_database_unreachable,
+    retry_condition_fn=store.is_connection_error,
     cache_policy=NO_CACHE,
 )
 def pending_origins_task(url: str, model: ModelRef, plan: OriginPlan) -> tuple[OriginPlan, int]:

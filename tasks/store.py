@@ -454,8 +454,9 @@ def existing_forecast_origins(
         return {(s, pd.Timestamp(o)) for s, o in conn.execute(query).all()}
 
 
-def _is_connection_error(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry only when the database could not be reached, not on bad data or a schema problem."""
+def is_connection_error(_task: Any, _run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry only when the database could not be reached (or dropped us), not on bad data
+    or a schema problem."""
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     try:
@@ -467,7 +468,7 @@ def _is_connection_error(_task: Any, _run: Any, state: Any) -> bool:
     return False
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=_is_connection_error)
+@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_connection_error)
 def read_observations_task(
     url: str, series_ids: list[str] | None = None, end: pd.Timestamp | dt.datetime | None = None
 ) -> pd.DataFrame:
@@ -475,7 +476,7 @@ def read_observations_task(
     return read_observations(get_engine(url), series_ids=series_ids, end=end)
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=_is_connection_error)
+@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_connection_error)
 def upsert_forecasts_task(url: str, frame: pd.DataFrame) -> int:
     """Write a run's forecasts in one transaction (retried whole if the database drops)."""
     return upsert_forecasts(get_engine(url), frame)
