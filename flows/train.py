@@ -116,7 +116,7 @@ def train_flow(
     )
     run_tags = context.mlflow_tags()
     parent_run_id = registry.start_run_task(experiment_id, f"train {context.as_of:%Y-%m-%d %H:%M}", run_tags)
-    registry.log_training_data_task(parent_run_id, frame, data, context, {"seqcast.validation": str(report.json_path)})
+    registry.log_training_data_task(parent_run_id, frame, data, {"seqcast.validation": str(report.json_path)})
 
     config = TrainConfig(
         hidden_size=hidden_size,

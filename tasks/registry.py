@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from models.packaging import LoadedForecaster
     from tasks.evaluate import Evaluation
-    from tasks.run_context import RunContext
     from tasks.train import FitResult
     from tasks.windowing import WindowedData
 
@@ -392,17 +391,16 @@ def log_candidate_task(
     return log_candidate(run_id, fit, evaluation, data, frame, plots)
 
 
-def log_training_data(
-    run_id: str, frame: pd.DataFrame, data: WindowedData, context: RunContext, extra_tags: dict[str, str]
-) -> str:
-    """Tag the parent run with the data window and run context, and log the frame as a dataset."""
-    client = get_client()
-    tags = {**context.mlflow_tags(), **data.split_tags(), **extra_tags}
+def log_training_data(run_id: str, frame: pd.DataFrame, data: WindowedData, extra_tags: dict[str, str]) -> str:
+    """Tag the parent run with the data window (its run-context tags were given when it was started), in one
+    call, and log the frame as a dataset."""
+    from mlflow.entities import RunTag
+
+    tags = {**data.split_tags(), **extra_tags}
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    get_client().log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
     return log_dataset(run_id, frame, name="observations", source=extra_tags.get("seqcast.source", "observations"))
 
 
@@ -412,10 +410,8 @@ def start_run_task(experiment_id: str, run_name: str, tags: dict[str, str], pare
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def log_training_data_task(
-    run_id: str, frame: pd.DataFrame, data: WindowedData, context: RunContext, extra_tags: dict[str, str]
-) -> str:
-    return log_training_data(run_id, frame, data, context, extra_tags)
+def log_training_data_task(run_id: str, frame: pd.DataFrame, data: WindowedData, extra_tags: dict[str, str]) -> str:
+    return log_training_data(run_id, frame, data, extra_tags)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])

@@ -62,10 +62,10 @@ class TrainConfig(BaseModel):
     - `device`: "auto" (CUDA when present), "cpu" or "cuda"; `num_threads`: CPU threads (None = automatic, see
       `training_threads`).
     - `eval_batch_size`: windows per batch when computing validation loss.
+    - `max_loss`: an epoch loss above this (scaled units; sane losses are about 1) counts as diverged.
 
     The defaults are the fastest to a given accuracy in the benchmark sweep (docs/benchmarks.md): a small network
     and small batches with a high learning rate buy many more optimizer steps per second than 2x64 at batch 256.
-    - `max_loss`: an epoch loss above this (scaled units; sane losses are about 1) counts as diverged.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
