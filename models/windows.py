@@ -7,7 +7,6 @@ Windows are gathered per batch from the flat array, so memory grows with the dat
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -17,6 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+
+from models.frequency import infer_freq
 
 GROUP_SIZE = 1 << 20  # points (or windows) per group of series in the grouped passes: bounds their temporaries
 
@@ -67,29 +68,6 @@ class SeriesPanel:
 
     def with_values(self, values: np.ndarray) -> SeriesPanel:
         return SeriesPanel(self.series_ids, values, self.offsets, self.timestamps, self.freq, self.flat_timestamps)
-
-
-def infer_freq(ts: pd.DatetimeIndex) -> str:
-    """The series frequency as a pandas alias: the most common step, "B" for business days, or a calendar alias
-    ("MS", "ME", "QS-JAN", "YS-JAN", ...) when the steps vary but follow the calendar.
-
-    Monthly data steps 28 to 31 days; naming it by its most common step ("31D") would put forecasts off the
-    month boundaries, so steps that vary are checked against pandas' calendar frequencies first.
-    """
-    if len(ts) < 2:
-        raise ValueError("a series needs at least two timestamps to infer its frequency")
-    steps = np.diff(ts.asi8)
-    values, counts = np.unique(steps, return_counts=True)
-    step = pd.Timedelta(int(values[np.argmax(counts)]), unit=ts.unit)
-    if step == pd.Timedelta(days=1) and (ts.day_of_week < 5).all() and (steps > values.min()).any():
-        return "B"
-    if len(values) > 1 and step >= pd.Timedelta(days=28) and len(ts) >= 3:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            calendar = pd.infer_freq(ts)
-        if calendar is not None:
-            return str(calendar)
-    return pd.tseries.frequencies.to_offset(step).freqstr
 
 
 def panel_from_frame(frame: pd.DataFrame, freq: str | None = None) -> SeriesPanel:

@@ -560,7 +560,7 @@ def _step_checks(batch: pd.DataFrame, *, fill: bool, allowed_gap: int) -> dict[s
 
 def _regularity(ts: pd.DatetimeIndex) -> tuple[str, np.ndarray, np.ndarray, pd.DatetimeIndex | None]:
     """Frequency, off-grid flag and missing steps of each step of a sorted series, and its full grid."""
-    from models.windows import infer_freq  # the same rule the window builder uses (imported late: torch is slow)
+    from models.frequency import infer_freq  # the same rule the window builder uses
 
     freq = infer_freq(ts)
     if freq == "B":

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from models.frequency import infer_freq
 from models.windows import (
     Scalers,
     SeriesPanel,
     _sorted_layout,
     gather_windows,
-    infer_freq,
     make_windows,
     origin_starts,
     panel_from_frame,
