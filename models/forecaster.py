@@ -18,6 +18,14 @@ from torch import nn
 
 from models.windows import gather_windows
 
+# How a window is normalised inside the network (inputs and outputs alike; see `RecurrentForecaster`):
+#   series: the series scaler alone (mean/std of the training part);
+#   last:   location = the window's last value (its origin), scale = the series std: the network predicts the
+#           change from now, so levels never seen in training (trends, level shifts) are forecast from where
+#           the series is now;
+#   window: location = the window's mean, scale = the window's std (RevIN without the affine part).
+Scaling = Literal["series", "last", "window"]
+WINDOW_SCALE_EPS = 1e-4  # added to a window's variance (series-scaled units) so a flat window divides by 0.01
 
 class ForecasterConfig(BaseModel):
     """Hyperparameters of `RecurrentForecaster`; saved as config.json beside the weights."""
@@ -30,6 +38,10 @@ class ForecasterConfig(BaseModel):
     hidden_size: int = Field(default=64, ge=1, le=4096, description="units per recurrent layer")
     num_layers: int = Field(default=2, ge=1, le=16, description="stacked recurrent layers")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout between layers and before the head")
+    scaling: Scaling = Field(
+        default="series",  # models saved before the option existed used the series scaler alone
+        description="series: series scaler alone; last: change from the window's last value; window: RevIN-style",
+    )
     head: Literal["last", "per_step"] = Field(
         default="last",  # models saved before the option existed have a "last" head
         description="last: the last hidden state -> H outputs; per_step: each of the last H hidden states -> 1 output",
@@ -73,12 +85,25 @@ class RecurrentForecaster(nn.Module):
         self.head = nn.Linear(config.hidden_size, config.horizon if config.head == "last" else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)  # [B, L, 1] -> [B, L, hidden]
+        location, scale = self.window_statistics(x)  # [B, L, 1] -> [B, 1, 1] each
+        out, _ = self.rnn((x - location) / scale)  # [B, L, 1] -> [B, L, hidden]
         if self.config.head == "per_step":
             steps = self.dropout(out[:, -self.config.horizon :, :])  # [B, L, hidden] -> [B, H, hidden]
-            return self.head(steps).squeeze(-1)  # [B, H, hidden] -> [B, H]
-        last = self.dropout(out[:, -1, :])  # [B, L, hidden] -> [B, hidden]
-        return self.head(last)  # [B, hidden] -> [B, H]
+            y = self.head(steps).squeeze(-1)  # [B, H, hidden] -> [B, H]
+        else:
+            last = self.dropout(out[:, -1, :])  # [B, L, hidden] -> [B, hidden]
+            y = self.head(last)  # [B, hidden] -> [B, H]
+        return y * scale[:, :, 0] + location[:, :, 0]  # [B, H] back to series-scaled units
+
+    def window_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale `[B, 1, 1]` that normalise each window `x [B, L, 1]` for `config.scaling`."""
+        if self.config.scaling == "last":
+            return x[:, -1:, :], torch.ones_like(x[:, -1:, :])  # [B, L, 1] -> [B, 1, 1]
+        if self.config.scaling == "window":
+            location = x.mean(dim=1, keepdim=True)  # [B, L, 1] -> [B, 1, 1]
+            spread = x.var(dim=1, keepdim=True, unbiased=False)  # [B, L, 1] -> [B, 1, 1]
+            return location, torch.sqrt(spread + WINDOW_SCALE_EPS)
+        return torch.zeros_like(x[:, -1:, :]), torch.ones_like(x[:, -1:, :])
 
 
 _BF16_SUPPORT: dict[tuple[str, str], bool] = {}

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.forecaster import (
     ForecasterConfig,
     RecurrentForecaster,
+    Scaling,
     bf16_autocast_supported,
     resolve_device,
 )
@@ -75,6 +76,7 @@ class TrainConfig(BaseModel):
     num_layers: int = Field(default=1, ge=1, le=16)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     head: Literal["auto", "last", "per_step"] = "auto"
+    scaling: Scaling = "series"
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
     max_epochs: int = Field(default=60, ge=1, le=100_000)
     learning_rate: float = Field(default=5e-3, gt=0.0, le=10.0)
@@ -105,6 +107,7 @@ class TrainConfig(BaseModel):
             num_layers=self.num_layers,
             dropout=self.dropout,
             head=self.resolved_head(lookback, horizon),
+            scaling=self.scaling,
         )
 
     def resolved_head(self, lookback: int, horizon: int) -> Literal["last", "per_step"]:
