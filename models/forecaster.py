@@ -9,30 +9,23 @@ read the state from one horizon earlier, which suits daily and weekly cycles (el
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from models.choices import Cell, Head, Scaling
 from models.windows import gather_windows
 
-# How a window is normalised inside the network (inputs and outputs alike; see `RecurrentForecaster`):
-#   series: the series scaler alone (mean/std of the training part);
-#   last:   location = the window's last value (its origin), scale = the series std: the network predicts the
-#           change from now, so levels never seen in training (trends, level shifts) are forecast from where
-#           the series is now;
-#   window: location = the window's mean, scale = the window's std (RevIN without the affine part).
-Scaling = Literal["series", "last", "window"]
 WINDOW_SCALE_EPS = 1e-4  # added to a window's variance (series-scaled units) so a flat window divides by 0.01
+
 
 class ForecasterConfig(BaseModel):
     """Hyperparameters of `RecurrentForecaster`; saved as config.json beside the weights."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cell: Literal["lstm", "gru"] = "lstm"
+    cell: Cell = "lstm"
     lookback: int = Field(ge=1, le=100_000, description="observations the network reads per forecast (L)")
     horizon: int = Field(ge=1, le=10_000, description="steps forecast at once (H)")
     hidden_size: int = Field(default=64, ge=1, le=4096, description="units per recurrent layer")
@@ -42,7 +35,7 @@ class ForecasterConfig(BaseModel):
         default="series",  # models saved before the option existed used the series scaler alone
         description="series: series scaler alone; last: change from the window's last value; window: RevIN-style",
     )
-    head: Literal["last", "per_step"] = Field(
+    head: Head = Field(
         default="last",  # models saved before the option existed have a "last" head
         description="last: the last hidden state -> H outputs; per_step: each of the last H hidden states -> 1 output",
     )

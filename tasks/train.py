@@ -23,10 +23,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.choices import Cell, Scaling
 from models.forecaster import (
     ForecasterConfig,
     RecurrentForecaster,
-    Scaling,
     bf16_autocast_supported,
     resolve_device,
 )
@@ -71,7 +71,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cell: Literal["lstm", "gru"] = "lstm"
+    cell: Cell = "lstm"
     hidden_size: int = Field(default=32, ge=1, le=4096)
     num_layers: int = Field(default=1, ge=1, le=16)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)

@@ -1,0 +1,16 @@
+"""The named choices of a forecaster (cell, head, input scaling), without torch, so the CLI and the run spec can
+offer them and answer fast."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Cell = Literal["lstm", "gru"]
+Head = Literal["last", "per_step"]
+# How a window is normalised inside the network (inputs and outputs alike; see `RecurrentForecaster`):
+#   series: the series scaler alone (mean/std of the training part);
+#   last:   location = the window's last value (its origin), scale = the series std: the network predicts the
+#           change from now, so levels never seen in training (trends, level shifts) are forecast from where
+#           the series is now;
+#   window: location = the window's mean, scale = the window's std (RevIN without the affine part).
+Scaling = Literal["series", "last", "window"]
