@@ -1,7 +1,8 @@
 """The `seqcast` command line.
 
 Only click is imported here: pandas, torch, prefect, mlflow and great_expectations are imported inside the command
-that needs them, so `seqcast --help` and a mistyped option answer in well under a second.
+that needs them, and pydantic with the run spec (tasks/spec.py, whose fields are the options of `train` and `demo`)
+when those commands are first parsed, so `seqcast --help` and a mistyped option answer in well under a second.
 
 To fill in a command, give its function options with click decorators and import its flow inside the body.
 Expected errors end the command with exit code 1 and one message on stderr (no traceback; set SEQCAST_DEBUG=1
@@ -10,12 +11,22 @@ to see one); usage errors exit with 2, as click does.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any, cast
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 import click
+from click.core import ParameterSource
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic.fields import FieldInfo
+
+    from tasks.spec import RunSpec
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -47,13 +58,20 @@ def cli() -> None:
     type=click.Choice(["fail", "fill"]),
     default="fail",
     show_default=True,
-    help="Refuse a series with missing steps, or fill gaps of up to --max-gap-steps by linear interpolation.",
+    help="Refuse a series with missing steps or NaN values, or fill runs of up to --max-gap-steps of them "
+    "by linear interpolation (a NaN first or last value is still refused).",
 )
 @click.option(
     "--max-gap-steps",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Longest gap (missing steps) that --gap-policy fill may fill.",
+    help="Longest run of missing steps and NaN values that --gap-policy fill may fill.",
+)
+@click.option(
+    "--calendar",
+    metavar="MARKET",
+    help="Daily series on this exchange's trading days, e.g. NYSE, XNYS, XLON: its weekends and holidays are no "
+    "gaps (frequency B-MARKET). Without it, a weekday series missing exactly on a market's holidays is detected.",
 )
 @click.option(
     "--database-url",
@@ -70,6 +88,7 @@ def ingest_command(
     tz: str | None,
     gap_policy: str,
     max_gap_steps: int | None,
+    calendar: str | None,
     database_url: str | None,
 ) -> None:
     """Validate a source and upsert it into the observations table (nothing is written if validation fails)."""
@@ -89,12 +108,15 @@ def ingest_command(
         tz=tz,
         gap_policy="fill" if gap_policy == "fill" else "fail",
         max_gap_steps=max_gap_steps,
+        calendar=calendar,
     )
     rows = len(result.summary.series)
     click.echo(
         f"ingested {result.source} into {result.database}: {result.new} new, {result.updated} updated, "
         f"{result.unchanged} unchanged ({rows} series"
         + (f", {result.report.filled_points} points filled" if result.report.filled_points else "")
+        + (f" ({result.report.filled_nan} of them NaN values)" if result.report.filled_nan else "")
+        + (f", {result.report.calendar} trading days" if result.report.calendar else "")
         + ")"
     )
     width = max([6, *(len(_printable(s.series_id)) for s in result.summary.series)])
@@ -107,80 +129,157 @@ def ingest_command(
     click.echo(f"validation report: {result.report.json_path}")
 
 
-def _train_options(function: Any) -> Any:
-    """Options shared by `train` and `demo`."""
-    options = [
-        click.option(
-            "--cell",
-            "cells",
-            type=click.Choice(["lstm", "gru"]),
-            multiple=True,
-            help="Cell type to train; repeat for both (default: lstm and gru).",
-        ),
-        click.option(
-            "--lookback",
-            type=click.IntRange(min=1),
-            default=336,
-            show_default=True,
-            help="Input steps per window (336 = one week of half-hours).",
-        ),
-        click.option(
-            "--horizon",
-            type=click.IntRange(min=1),
-            default=48,
-            show_default=True,
-            help="Steps forecast at once (48 = one day of half-hours).",
-        ),
-        click.option(
-            "--epochs",
-            "max_epochs",
-            type=click.IntRange(min=1),
-            default=60,
-            show_default=True,
-            help="Most epochs; early stopping on validation loss may stop sooner.",
-        ),
-        click.option("--hidden-size", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--layers", "num_layers", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Windows per optimizer step.  [default: 32 for the LSTM, 64 for the GRU]",
-        ),
-        click.option(
-            "--device",
-            type=click.Choice(["auto", "cpu", "cuda"]),
-            default="auto",
-            show_default=True,
-            help="auto: CUDA when present, else CPU.",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+# `seqcast train` and `seqcast demo` take one option per field of the run spec (tasks/spec.py): its type, choices,
+# default and help come from the field, so a new setting is a new field there. Options are `--field-name` unless
+# named here (names from before the spec; repeatable options take one value each, so their names are singular).
+SPEC_OPTION_NAMES = {"cells": "--cell", "num_layers": "--layers", "max_epochs": "--epochs", "seasons": "--season"}
 
 
-@cli.command("train")
-@_train_options
+@functools.cache
+def spec_fields() -> tuple[tuple[str, str, FieldInfo], ...]:
+    """(part, field name, field) of every setting of the run spec, in the spec's order."""
+    from pydantic import BaseModel
+
+    from tasks.spec import RunSpec
+
+    fields: list[tuple[str, str, FieldInfo]] = []
+    for part, part_field in RunSpec.model_fields.items():
+        model = part_field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel), part
+        fields += [(part, name, info) for name, info in model.model_fields.items()]
+    return tuple(fields)
+
+
+@functools.cache
+def spec_options() -> dict[str, str]:
+    """The option of every run-spec field, by field name (names are unique across the spec's parts)."""
+    options = {name: SPEC_OPTION_NAMES.get(name, "--" + name.replace("_", "-")) for _, name, _ in spec_fields()}
+    assert len(options) == len(spec_fields()), "run spec field names must be unique across its parts"
+    return options
+
+
+def _click_type(annotation: Any) -> tuple[click.ParamType, bool]:
+    """The click type of a spec field's annotation, and whether the option repeats (list fields)."""
+    if get_origin(annotation) in (Union, UnionType):
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    multiple = get_origin(annotation) is list
+    if multiple:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is Literal:
+        return click.Choice([str(arg) for arg in get_args(annotation)]), multiple
+    plain: dict[Any, click.ParamType] = {int: click.INT, float: click.FLOAT, str: click.STRING}
+    return plain[annotation], multiple
+
+
+def _option_help(text: str | None) -> str:
+    """A field's description with the spec's names of other settings (gap_policy) written as options."""
+    names = "|".join(name for name in spec_options() if "_" in name)
+    return re.sub(rf"\b({names})\b", lambda m: spec_options()[m.group(1)], text or "")
+
+
+def _spec_params() -> list[click.Parameter]:
+    """An option for every field of the run spec, its default the spec's."""
+    from tasks.spec import RunSpec
+
+    defaults = RunSpec()
+    params: list[click.Parameter] = []
+    for part, name, info in spec_fields():
+        kind, multiple = _click_type(info.annotation)
+        default = getattr(getattr(defaults, part), name)
+        params.append(
+            click.Option(
+                [spec_options()[name], name],
+                type=kind,
+                multiple=multiple,
+                default=tuple(default) if isinstance(default, list) else default,
+                show_default=default is not None,
+                help=_option_help(info.description) + (" Repeatable." if multiple else ""),
+            )
+        )
+    return params
+
+
+class SpecCommand(click.Command):
+    """A command with an option per run-spec setting (before its own), added on first use, so that `seqcast
+    --help` and the other commands do not import pydantic; the callback reads them back with `_run_spec`."""
+
+    _spec_added = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._spec_added:
+            self.params[:0] = _spec_params()
+            self._spec_added = True
+        return super().get_params(ctx)
+
+
+def _run_spec(ctx: click.Context) -> RunSpec:
+    """The run spec of the options given on the command line (the spec's defaults for the others).
+
+    A value the spec refuses is a usage error (exit code 2) that names the option.
+    """
+    from pydantic import ValidationError
+
+    from tasks.spec import RunSpec
+
+    given: dict[str, dict[str, Any]] = {}
+    for part, name, _ in spec_fields():
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+            value = ctx.params[name]
+            given.setdefault(part, {})[name] = list(value) if isinstance(value, tuple) else value
+    try:
+        return RunSpec.model_validate(given)
+    except ValidationError as exc:
+        raise _spec_error(ctx, exc) from None
+
+
+def _spec_error(ctx: click.Context, exc: ValidationError) -> click.UsageError:
+    """The run spec's validation errors as one usage error, each naming its option."""
+    options = spec_options()
+    messages = []
+    param = None
+    for error in exc.errors():
+        loc = error["loc"]
+        text = error["msg"].removeprefix("Value error, ")
+        for name, option in options.items():
+            text = text.replace(f"`{name}`", option)
+        if len(loc) >= 2 and loc[1] in options:
+            option = options[str(loc[1])]
+            param = param or next(p for p in ctx.command.params if p.name == loc[1])
+            messages.append((option, f"{error['input']!r} ({text})"))
+        else:
+            messages.append(("", text))
+    if len(messages) == 1 and messages[0][0]:
+        return click.BadParameter(messages[0][1], ctx=ctx, param=param)
+    return click.UsageError("; ".join(f"{option}: {text}" if option else text for option, text in messages), ctx=ctx)
+
+
+@cli.command("train", cls=SpecCommand)
 @click.option("--series", multiple=True, metavar="ID", help="Train on these series only (repeatable; default all).")
 @click.option("--as-of", type=click.DateTime(), help="Use observations up to this time (UTC; default now).")
-def train_command(series: tuple[str, ...], as_of: Any, cells: tuple[str, ...], **options: Any) -> None:
-    """Train LSTM and GRU candidates, evaluate them against baselines and the champion, register the better."""
+@click.pass_context
+def train_command(ctx: click.Context, series: tuple[str, ...], as_of: Any, **_: Any) -> None:
+    """Train LSTM and GRU candidates, evaluate them against baselines and the champion, register the better.
+
+    Settings left out follow the data: lookback, horizon, evaluation stride and seasons come from its frequency.
+    """
+    spec = _run_spec(ctx)
     from flows.train import train_flow
 
-    summary = train_flow(series=list(series) or None, cells=list(cells) or None, as_of=as_of, **options)
+    summary = train_flow(spec=spec, series=list(series) or None, as_of=as_of)
     _print_training(summary)
 
 
-@cli.command("demo")
-@_train_options
+@cli.command("demo", cls=SpecCommand)
 @click.option("--source", default="sample:electricity", show_default=True, help="What to ingest first.")
-def demo_command(source: str, cells: tuple[str, ...], **options: Any) -> None:
+@click.pass_context
+def demo_command(ctx: click.Context, source: str, **_: Any) -> None:
     """Run the whole pipeline on the embedded stores with sample:electricity (ingest, train, forecast)."""
+    spec = _run_spec(ctx)
     from flows.demo import DemoSummary, demo_flow
 
-    summary = cast("DemoSummary", demo_flow(source=source, cells=list(cells) or None, **options))
+    summary = cast("DemoSummary", demo_flow(source=source, spec=spec))
     _print_training(summary.training)
     click.echo("")
     for line in summary.next_steps:
@@ -188,21 +287,36 @@ def demo_command(source: str, cells: tuple[str, ...], **options: Any) -> None:
 
 
 def _print_training(summary: Any) -> None:
+    from flows.train import method_scores
+
     click.echo(f"training as of {summary.as_of} (MLflow parent run {summary.parent_run_id})")
-    click.echo(
-        f"  {'candidate':<10} {'test MAE':>10} {'MASE':>7} {'seasonal naive MASE':>20} {'weekly s.naive MASE':>20}"
-    )
-    for c in summary.candidates:
-        m = c.metrics
-        weekly = m.get("weekly_seasonal_naive_test_mase", float("nan"))
-        click.echo(
-            f"  {c.cell:<10} {m['test_mae']:>10.4g} {m['test_mase']:>7.3f} "
-            f"{m['seasonal_naive_test_mase']:>20.3f} {weekly:>20.3f}"
-        )
+    rows = method_scores(summary)
+    width = max(len(name) for name, _ in rows)
+    click.echo(f"  {'method':<{width}}  {'test MAE':>10}  {'MASE':>7}")
+    for name, scores in rows:
+        click.echo(f"  {name:<{width}}  {scores['mae']:>10.4g}  {scores['mase']:>7.3f}")
+    if summary.champion_mase is not None:
+        click.echo(f"  previous champion, as it serves, on the same windows: MASE {summary.champion_mase:.3f}")
+    click.echo("  (MASE: mean over series of MAE / the in-sample seasonal-naive MAE of the training part)")
+    if len(summary.series) > 1:
+        _print_series(summary.series)
     click.echo(
         f"registered {summary.model_name} v{summary.version} ({summary.best_cell}) "
         f"as '{summary.alias}': {summary.reason}"
     )
+
+
+def _print_series(series: list[dict[str, Any]], limit: int = 20) -> None:
+    """The gate's per-series table: how the best network does on each series against its best baseline."""
+    width = max(6, *(len(_printable(str(row["series_id"]))) for row in series[:limit]))
+    click.echo(f"  {'series':<{width}}  {'model MASE':>10}  {'best baseline':<22} {'its MASE':>8}  served")
+    for row in series[:limit]:
+        click.echo(
+            f"  {_printable(str(row['series_id'])):<{width}}  {row['model_mase']:>10.3f}  "
+            f"{row['best_baseline']:<22} {row['best_baseline_mase']:>8.3f}  {row['served']}"
+        )
+    if len(series) > limit:
+        click.echo(f"  ... and {len(series) - limit} more series (the full table is the run's gate_series.csv)")
 
 
 _DATETIME = click.DateTime(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from prefect import flow
 
@@ -12,6 +11,7 @@ from flows.ingest import ingest_flow
 from flows.train import TrainSummary, train_flow
 from tasks.forecast import FORECASTS_TABLE, alias_version_task, read_command
 from tasks.settings import get_settings
+from tasks.spec import RunSpec
 
 DEMO_QUERY = f"select series_id, origin_ts, target_ts, point from {FORECASTS_TABLE} order by target_ts limit 10"  # noqa: S608
 
@@ -26,31 +26,18 @@ class DemoSummary:
 @flow(name="seqcast-demo", log_prints=True)
 def demo_flow(
     source: str = "sample:electricity",
-    cells: list[Literal["lstm", "gru"]] | None = None,
-    lookback: int = 336,
-    horizon: int = 48,
-    max_epochs: int = 60,
-    hidden_size: int = 32,
-    num_layers: int = 1,
-    batch_size: int | None = None,
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    seed: int = 0,
+    spec: RunSpec = RunSpec(),  # noqa: B008 - frozen, so one shared default is safe; the dashboard form shows it
 ) -> DemoSummary:
-    """Ingest `source`, train and register LSTM and GRU candidates, forecast with the champion (when there is
-    one), and say how to look at the results."""
+    """Ingest `source`, train and register the spec's candidates, forecast with the champion (when there is
+    one), and say how to look at the results.
+
+    Args:
+        source: What to ingest first: a file, folder or glob, or sample:electricity|temperature|msft.
+        spec: Every setting of the training run: window, model, training, evaluation, data.
+    """
     settings = get_settings()
-    ingest_flow(source=source)
-    training = train_flow(
-        cells=cells,
-        lookback=lookback,
-        horizon=horizon,
-        max_epochs=max_epochs,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-    )
+    ingest_flow(source=source, gap_policy=spec.data.gap_policy, max_gap_steps=spec.data.max_gap_steps)
+    training = train_flow(spec=spec)
     champion = alias_version_task(settings.tracking_uri, training.model_name)
     forecast = forecast_flow(registered_model=training.model_name) if champion is not None else None
     return DemoSummary(training=training, next_steps=next_steps(training, forecast), forecast=forecast)

@@ -76,7 +76,9 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         flow_name="seqcast-train",
         name="nightly",
         entrypoint="flows/train.py:train_flow",
-        parameters={"series": None, "cells": ["lstm", "gru"], "lookback": 336, "horizon": 48, "max_epochs": 60},
+        # No `spec`: the flow's default run spec applies (tasks/spec.py), whose window, stride and seasons follow
+        # the data's frequency; the dashboard form shows every setting of it with its description.
+        parameters={"series": None},
         schedule="train",
         # scheduled runs say so in MLflow (trigger tag); runs started by hand default to "manual"
         schedule_parameters={"trigger": "schedule"},

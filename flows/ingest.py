@@ -24,13 +24,22 @@ def ingest_flow(
     tz: str | None = None,
     gap_policy: GapPolicy = "fail",
     max_gap_steps: int | None = None,
+    calendar: str | None = None,
 ) -> dict[str, Any]:
-    """Read `source` (retried on I/O errors), validate it (never retried), write it in one transaction."""
+    """Read `source` (retried on I/O errors), validate it (never retried), write it in one transaction.
+
+    `calendar` ("NYSE", "XLON", ...) declares daily series on that exchange's trading days (holidays are no gaps).
+    """
     raw = read_source_task(
         source, query=query, time_col=time_col, value_col=value_col, series_col=series_col, series_id=series_id
     )
     clean, report = validate_observations_task(
-        raw, tz=tz, gap_policy=gap_policy, max_gap_steps=max_gap_steps, source=describe_source(source, query)
+        raw,
+        tz=tz,
+        gap_policy=gap_policy,
+        max_gap_steps=max_gap_steps,
+        source=describe_source(source, query),
+        calendar=calendar,
     )
     summary = write_observations_task(clean)
     return {

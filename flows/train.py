@@ -7,18 +7,23 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
 
-from tasks import evaluate, registry
+from tasks import evaluate, gate, plots, registry
 from tasks.run_context import Trigger, resolve_run_context
 from tasks.settings import get_settings
+from tasks.spec import RunSpec, resolve_for_frame
 from tasks.store import read_observations_task
-from tasks.train import TrainConfig, train_candidate_task
+from tasks.train import train_candidate_task
 from tasks.validate import validate_observations_task
-from tasks.windowing import WindowConfig, make_windows_task
+from tasks.windowing import make_windows_task
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -43,6 +48,9 @@ class TrainSummary:
     champion_mase: float | None
     as_of: str
     candidates: list[CandidateSummary] = field(default_factory=list)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> test mae, mase, ...
+    served: dict[str, float] = field(default_factory=dict)  # the best candidate with its per-series fallback
+    series: list[dict[str, Any]] = field(default_factory=list)  # the gate's per-series table
 
 
 def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
@@ -54,62 +62,57 @@ def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
         logging.getLogger(__name__).warning("marked %d MLflow runs FAILED: %s", len(closed), ", ".join(closed))
 
 
+@task(name="resolve-spec", cache_policy=NO_CACHE)
+def resolve_spec_task(spec: RunSpec, frame: pd.DataFrame, freq: str | None = None) -> RunSpec:
+    """Prefect wrapper of `tasks.spec.resolve_for_frame`; not retried (bad data fails the same way again)."""
+    return resolve_for_frame(spec, frame, freq)
+
+
+@task(name="log-params", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_params_task(run_id: str, params: dict[str, Any]) -> None:
+    """Prefect wrapper of `registry.log_params`."""
+    registry.log_params(run_id, params)
+
+
 @flow(name="seqcast-train", log_prints=True, on_failure=[close_failed_runs], on_crashed=[close_failed_runs])
 def train_flow(
+    spec: RunSpec = RunSpec(),  # noqa: B008 - frozen, so one shared default is safe; the dashboard form shows it
     series: list[str] | None = None,
-    cells: list[Literal["lstm", "gru"]] | None = None,
-    lookback: int = 336,
-    horizon: int = 48,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
-    eval_stride: int | None = None,
-    hidden_size: int = 32,
-    num_layers: int = 1,
-    dropout: float = 0.0,
-    head: Literal["auto", "last", "per_step"] = "auto",
-    batch_size: int | None = None,
-    max_epochs: int = 60,
-    learning_rate: float = 5e-3,
-    patience: int = 6,
-    loss: Literal["mse", "huber"] = "mse",
-    seed: int = 0,
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    season: int | None = None,
-    gap_policy: Literal["fail", "fill"] = "fail",
-    max_gap_steps: int | None = None,
     registered_model: str | None = None,
     experiment: str | None = None,
     as_of: dt.datetime | None = None,
     trigger: Trigger | None = None,
 ) -> TrainSummary:
-    """Train LSTM and GRU candidates on observations up to `as_of`; register the best; promote only a better one.
+    """Train the spec's candidate cells on observations up to `as_of`, register the best, promote only a better one.
 
-    Evaluation origins are every `eval_stride` steps of the test part (default: one season, i.e. daily origins
-    for sub-daily data); MASE uses the seasonal-naive scale with `season` (default: from the frequency).
-    `batch_size` None trains each cell at its own default (32 for the LSTM, 64 for the GRU).
+    Settings the spec leaves empty (lookback, horizon, evaluation stride, seasons) follow the data's frequency and
+    series lengths; the parent MLflow run gets the resolved spec as its params.
+
+    Args:
+        spec: Every setting of the run: window, model, training, evaluation, data.
+        series: Train on these series only (default: every stored series).
+        registered_model: MLflow registered model to register in (default: SEQCAST_REGISTERED_MODEL).
+        experiment: MLflow experiment of the runs (default: SEQCAST_EXPERIMENT).
+        as_of: Use observations up to this time (default: the run's scheduled start, else now).
+        trigger: What started the run (schedule, backfill or manual; default manual), tagged on the MLflow runs.
     """
     settings = get_settings()
     context = resolve_run_context(as_of, trigger)
     model_name = registered_model or settings.registered_model
-    cells = cells or ["lstm", "gru"]
 
     frame = read_observations_task(settings.db_url, series, context.as_of)
+    # the window follows the stored rows' frequency, so validation checks the lengths it needs
+    window = resolve_spec_task(spec, frame)
     frame, report = validate_observations_task(
         frame,
-        gap_policy=gap_policy,
-        max_gap_steps=max_gap_steps,
-        min_length={"lookback": lookback, "horizon": horizon, "validation": horizon, "test": horizon},
+        gap_policy=spec.data.gap_policy,
+        max_gap_steps=spec.data.max_gap_steps,
+        min_length=window.min_length(),
         source=f"observations as of {context.as_of.isoformat()}",
     )
-    seasons = evaluate.seasons_task(frame, season)
-    windows = WindowConfig(
-        lookback=lookback,
-        horizon=horizon,
-        test_fraction=test_fraction,
-        val_fraction=val_fraction,
-        stride=eval_stride or seasons.season,
-    )
-    data = make_windows_task(frame, windows)
+    seasons = evaluate.seasons_task(frame)
+    spec = resolve_spec_task(spec, frame, seasons.freq)
+    data = make_windows_task(frame, spec.window_config())
 
     experiment_id = registry.configure_mlflow_task(
         settings.tracking_uri, experiment or settings.experiment, settings.artifact_root
@@ -117,59 +120,42 @@ def train_flow(
     run_tags = context.mlflow_tags()
     parent_run_id = registry.start_run_task(experiment_id, f"train {context.as_of:%Y-%m-%d %H:%M}", run_tags)
     registry.log_training_data_task(parent_run_id, frame, data, {"seqcast.validation": str(report.json_path)})
+    log_params_task(parent_run_id, spec.mlflow_params())
 
-    config = TrainConfig(
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        dropout=dropout,
-        head=head,
-        batch_size=batch_size,
-        max_epochs=max_epochs,
-        learning_rate=learning_rate,
-        patience=patience,
-        loss=loss,
-        seed=seed,
-        device=device,
-    )
-    candidates = []
-    for cell in cells:
+    baseline_seasons = spec.evaluation.seasons or []
+    candidates: list[CandidateSummary] = []
+    evaluations: dict[str, evaluate.Evaluation] = {}
+    for cell in spec.model.cells:
         run_id = registry.start_run_task(experiment_id, cell, {**run_tags, "seqcast.cell": cell}, parent_run_id)
-        fit = train_candidate_task(data, config.model_copy(update={"cell": cell}), registry.epoch_logger(run_id))
+        fit = train_candidate_task(data, spec.train_config(cell), registry.epoch_logger(run_id))
         predicted = evaluate.forecast_test_windows_task(fit, data)
         scores = evaluate.evaluate_task(
-            data.panel,
-            data.test_starts,
-            predicted,
-            lookback,
-            horizon,
-            seasons.season,
-            data.splits.train_end,
-            seasons.weekly,
-            model_name=cell,
-            artifact_key=f"test-evaluation-{cell}",
+            data, predicted, seasons.season, baseline_seasons, model_name=cell, artifact_key=f"test-evaluation-{cell}"
         )
         with tempfile.TemporaryDirectory(prefix="seqcast-plots-") as plots_dir:
-            plots = evaluate.plot_forecasts_task(
+            best_baseline = scores.best_baseline()
+            figures = plots.plot_forecasts_task(
                 data.panel,
                 data.test_starts,
                 predicted,
-                lookback,
-                horizon,
+                data.lookback,
+                data.horizon,
                 Path(plots_dir),
-                baseline=scores.baseline_forecasts[evaluate.SEASONAL_NAIVE],
+                baseline=scores.baseline_forecasts[best_baseline],
                 scores=scores.model,
+                baseline_label=best_baseline.replace("_", " "),
             )
-            model_uri = registry.log_candidate_task(run_id, fit, scores, data, frame, plots)
+            model_uri = registry.log_candidate_task(run_id, fit, scores, data, frame, figures)
         registry.end_run_task(run_id)
+        evaluations[cell] = scores
         candidates.append(CandidateSummary(cell, run_id, model_uri, scores.metrics()))
 
-    best = min(candidates, key=lambda c: c.metrics["test_mase"])
-    champion = evaluate.score_champion_task(model_name, data, seasons.season, seasons.weekly)
+    best = candidates[list(evaluations).index(gate.best_candidate(evaluations))]
+    champion = gate.score_champion_task(model_name, data, seasons.season, baseline_seasons)
+    decision = gate.decide_promotion(evaluations[best.cell], champion)
     version = registry.register_model_task(model_name, best.model_uri, best.run_id)
-    decision = registry.decide_promotion(
-        best.metrics["test_mase"], best.metrics["seasonal_naive_test_mase"], champion.mase
-    )
-    alias = registry.apply_decision_task(model_name, version, decision)
+    alias = registry.apply_decision_task(model_name, version, decision.promote, decision.reason)
+    registry.log_decision_task(parent_run_id, decision, gate.publish_decision_task(decision))
     summary = TrainSummary(
         parent_run_id=parent_run_id,
         experiment_id=experiment_id,
@@ -181,27 +167,36 @@ def train_flow(
         champion_mase=champion.mase,
         as_of=context.as_of.isoformat(),
         candidates=candidates,
+        baselines={name: scores.overall for name, scores in evaluations[best.cell].baselines.items()},
+        served=evaluations[best.cell].served.overall,
+        series=[{str(k): v for k, v in row.items()} for row in decision.series.to_dict("records")],
     )
     registry.finish_training_task(summary.parent_run_id, summary_markdown(summary))
     return summary
 
 
 def summary_markdown(summary: TrainSummary) -> str:
-    """Candidates vs baselines vs champion, as the Prefect artifact and MLflow note show it."""
+    """Candidates, what would be served, baselines and the champion on the same test windows, as the Prefect
+    artifact and the MLflow note show it."""
     lines = [
         f"# seqcast training as of {summary.as_of}",
         "",
         f"**{summary.model_name} v{summary.version}** ({summary.best_cell}) -> `{summary.alias}`: {summary.reason}",
         "",
-        "| candidate | test MAE | test MASE | naive MASE | seasonal naive MASE | weekly seasonal naive MASE |",
-        "|---|---|---|---|---|---|",
+        "| method | test MAE | test MASE (mean per series) |",
+        "|---|---|---|",
     ]
-    for c in summary.candidates:
-        m = c.metrics
-        lines.append(
-            f"| {c.cell} | {m['test_mae']:.4g} | {m['test_mase']:.4f} | {m['naive_test_mase']:.4f} "
-            f"| {m['seasonal_naive_test_mase']:.4f} | {m.get('weekly_seasonal_naive_test_mase', float('nan')):.4f} |"
-        )
+    for name, scores in method_scores(summary):
+        lines.append(f"| {name} | {scores['mae']:.4g} | {scores['mase']:.4f} |")
     champion = "none" if summary.champion_mase is None else f"{summary.champion_mase:.4f}"
-    lines += ["", f"Previous champion MASE on the same windows: {champion}"]
+    lines += ["", f"Previous champion, as it serves, on the same windows: MASE {champion}"]
     return "\n".join(lines)
+
+
+def method_scores(summary: TrainSummary) -> list[tuple[str, dict[str, float]]]:
+    """(name, test scores) of every candidate, of what the best one would serve, and of every baseline."""
+    rows = [(c.cell, {k.removeprefix("test_"): v for k, v in c.metrics.items()}) for c in summary.candidates]
+    if summary.served:
+        rows.append((f"served ({summary.best_cell} + fallback)", summary.served))
+    rows += [(name.replace("_", " "), scores) for name, scores in summary.baselines.items()]
+    return rows

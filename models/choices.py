@@ -12,5 +12,7 @@ Head = Literal["last", "per_step"]
 #   last:   location = the window's last value (its origin), scale = the series std: the network predicts the
 #           change from now, so levels never seen in training (trends, level shifts) are forecast from where
 #           the series is now;
-#   window: location = the window's mean, scale = the window's std (RevIN without the affine part).
-Scaling = Literal["series", "last", "window"]
+#   window: location = the window's mean, scale = the window's std (RevIN without the affine part);
+#   last_level: as "last", with the series-scaled values as a second input channel, so the network still sees
+#           where in its usual range the series is (what "series" knows) while forecasting from the last value.
+Scaling = Literal["series", "last", "window", "last_level"]

@@ -28,8 +28,10 @@ class ForecasterConfig(BaseModel):
     cell: Cell = "lstm"
     lookback: int = Field(ge=1, le=100_000, description="observations the network reads per forecast (L)")
     horizon: int = Field(ge=1, le=10_000, description="steps forecast at once (H)")
-    hidden_size: int = Field(default=64, ge=1, le=4096, description="units per recurrent layer")
-    num_layers: int = Field(default=2, ge=1, le=16, description="stacked recurrent layers")
+    # the run spec's defaults (tasks/spec.py; models/ cannot import it, tests/test_spec.py keeps them equal);
+    # saved config.json files hold every field, so older models load with the size they were trained at
+    hidden_size: int = Field(default=32, ge=1, le=4096, description="units per recurrent layer")
+    num_layers: int = Field(default=1, ge=1, le=16, description="stacked recurrent layers")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout between layers and before the head")
     scaling: Scaling = Field(
         default="series",  # models saved before the option existed used the series scaler alone
@@ -68,7 +70,7 @@ class RecurrentForecaster(nn.Module):
         self.config = config
         rnn_type = nn.LSTM if config.cell == "lstm" else nn.GRU
         self.rnn = rnn_type(
-            input_size=1,
+            input_size=2 if config.scaling == "last_level" else 1,
             hidden_size=config.hidden_size,
             num_layers=config.num_layers,
             batch_first=True,
@@ -79,7 +81,10 @@ class RecurrentForecaster(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         location, scale = self.window_statistics(x)  # [B, L, 1] -> [B, 1, 1] each
-        out, _ = self.rnn((x - location) / scale)  # [B, L, 1] -> [B, L, hidden]
+        inputs = (x - location) / scale  # [B, L, 1]
+        if self.config.scaling == "last_level":
+            inputs = torch.cat([inputs, x], dim=-1)  # [B, L, 1] -> [B, L, 2]
+        out, _ = self.rnn(inputs)  # [B, L, C] -> [B, L, hidden]
         if self.config.head == "per_step":
             steps = self.dropout(out[:, -self.config.horizon :, :])  # [B, L, hidden] -> [B, H, hidden]
             y = self.head(steps).squeeze(-1)  # [B, H, hidden] -> [B, H]
@@ -90,7 +95,7 @@ class RecurrentForecaster(nn.Module):
 
     def window_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale `[B, 1, 1]` that normalise each window `x [B, L, 1]` for `config.scaling`."""
-        if self.config.scaling == "last":
+        if self.config.scaling in ("last", "last_level"):
             return x[:, -1:, :], torch.ones_like(x[:, -1:, :])  # [B, L, 1] -> [B, 1, 1]
         if self.config.scaling == "window":
             location = x.mean(dim=1, keepdim=True)  # [B, L, 1] -> [B, 1, 1]

@@ -1,7 +1,8 @@
 """A trained forecaster as a folder, loadable on any device, and its MLflow pyfunc wrapper.
 
 The folder holds JSON and a state_dict only (no pickles):
-  - config.json   ForecasterConfig, the series frequency, the series ids, free-form metadata
+  - config.json   ForecasterConfig, the series frequency, the series ids, the per-series baseline fallback,
+                  free-form metadata
   - weights.pt    the state_dict, saved from CPU tensors (loads on CPU-only machines)
   - scalers.json  per-series mean/std fit on the training part (`Scalers.to_dict`)
   - manifest.json sha256 and size of the three files above, checked on every load
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel
 
+from models.baselines import baseline_forecasts, serve_with_fallback
 from models.forecaster import ForecasterConfig, RecurrentForecaster, predict_windows, resolve_device
+from models.frequency import to_offset
 from models.windows import Scalers, SeriesPanel, origin_starts, panel_from_frame
 
 FORMAT_VERSION = 1
@@ -35,7 +39,7 @@ SCALERS_FILE = "scalers.json"
 MANIFEST_FILE = "manifest.json"
 CHECKED_FILES = (CONFIG_FILE, WEIGHTS_FILE, SCALERS_FILE)
 INPUT_COLUMNS = ["series_id", "ts", "value"]
-OUTPUT_COLUMNS = ["series_id", "origin_ts", "target_ts", "step", "point"]
+OUTPUT_COLUMNS = ["series_id", "origin_ts", "target_ts", "step", "point", "method"]
 
 
 class ArtifactIntegrityError(ValueError):
@@ -44,7 +48,11 @@ class ArtifactIntegrityError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedForecaster:
-    """A forecaster ready to predict: network in eval mode on `device`, its config, scalers and frequency."""
+    """A forecaster ready to predict: network in eval mode on `device`, its config, scalers and frequency.
+
+    `fallback` maps the series on which the network lost to a baseline at evaluation to that baseline's method
+    ("naive", "seasonal_naive_48", ...): those series are served by the baseline, never by the network.
+    """
 
     model: RecurrentForecaster
     config: ForecasterConfig
@@ -52,6 +60,7 @@ class LoadedForecaster:
     freq: str
     device: torch.device
     metadata: dict[str, Any] = field(default_factory=dict)
+    fallback: dict[str, str] = field(default_factory=dict)
 
     @property
     def lookback(self) -> int:
@@ -64,6 +73,10 @@ class LoadedForecaster:
     @property
     def series_ids(self) -> list[str]:
         return list(self.scalers.series_ids)
+
+    def methods(self, series_ids: list[str]) -> np.ndarray:
+        """The method serving each of `series_ids` `[S]`: its fallback baseline, else the network's cell."""
+        return np.array([self.fallback.get(sid, self.config.cell) for sid in series_ids], dtype=object)
 
 
 def _sha256(path: Path) -> str:
@@ -80,13 +93,17 @@ def save_forecaster(
     scalers: Scalers,
     freq: str,
     metadata: dict[str, Any] | None = None,
+    fallback: dict[str, str] | None = None,
 ) -> Path:
     """Write the forecaster folder at `path` and return it; an existing folder there is replaced whole.
 
     Files are written to a temporary sibling folder first and swapped in, so a crash never leaves a
-    half-written model where a good one was. `metadata` must be JSON-able (e.g. run ids, split timestamps).
+    half-written model where a good one was. `metadata` must be JSON-able (e.g. run ids, split timestamps);
+    `fallback` maps series served by a baseline to its method (see `LoadedForecaster`).
     """
-    pd.tseries.frequencies.to_offset(freq)  # refuse an unknown frequency now, not at serving time
+    to_offset(freq)  # refuse an unknown frequency now, not at serving time
+    fallback = dict(sorted((fallback or {}).items()))
+    _check_fallback(fallback, model.config.lookback, scalers.series_ids)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -97,6 +114,7 @@ def save_forecaster(
             "forecaster": model.config.model_dump(),
             "freq": freq,
             "series_ids": list(scalers.series_ids),
+            "fallback": fallback,
             "torch_version": torch.__version__,
             "metadata": metadata or {},
         }
@@ -116,6 +134,18 @@ def save_forecaster(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _check_fallback(fallback: dict[str, str], lookback: int, series_ids: list[str]) -> None:
+    """Every fallback names a known series and a baseline that reads no more than the window's `lookback`."""
+    known = set(series_ids)
+    for sid, method in fallback.items():
+        if sid not in known:
+            raise ValueError(f"fallback for series {sid!r}, which is not in the model's training data")
+        try:  # a known baseline whose season fits in the window
+            baseline_forecasts(method, np.zeros(lookback), np.zeros(1, dtype=np.int64), lookback, 1)
+        except ValueError as exc:
+            raise ValueError(f"fallback of series {sid!r}: {exc}") from exc
 
 
 def _swap_in(new: Path, path: Path) -> None:
@@ -182,6 +212,7 @@ def load_forecaster(path: str | Path, device: str | torch.device = "cpu") -> Loa
         freq=str(config_data["freq"]),
         device=target,
         metadata=dict(config_data.get("metadata", {})),
+        fallback={str(k): str(v) for k, v in config_data.get("fallback", {}).items()},
     )
 
 
@@ -200,8 +231,8 @@ def forecast_origins(
     loaded: LoadedForecaster, panel: SeriesPanel, series_index: np.ndarray, origin_positions: np.ndarray
 ) -> np.ndarray:
     """Forecasts `[N, H]` in original units at origins `origin_positions [N]` (position within series
-    `series_index [N]` of `panel`, original units). Each reads only the `lookback` values up to its origin,
-    so a backfill over a full history never sees the future."""
+    `series_index [N]` of `panel`, original units), as served: series in `loaded.fallback` get their baseline's
+    forecasts. Each reads only the `lookback` values up to its origin, so a backfill never sees the future."""
     if panel.freq != loaded.freq:
         raise ValueError(f"the panel's frequency {panel.freq!r} differs from the model's {loaded.freq!r}")
     scaler_index = _scaler_indices(loaded, panel.series_ids)  # [S]
@@ -210,15 +241,27 @@ def forecast_origins(
     scaled = loaded.scalers.transform(panel).values  # [total] scaled units
     values = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
     predicted = predict_windows(loaded.model, values, starts, loaded.lookback, loaded.horizon)  # [N, H]
-    return loaded.scalers.inverse(predicted.astype(np.float64), scaler_index[series_index])
+    points = loaded.scalers.inverse(predicted.astype(np.float64), scaler_index[series_index])
+    if not loaded.fallback:
+        return points
+    present = set(panel.series_ids)
+    fallback = {sid: method for sid, method in loaded.fallback.items() if sid in present}
+    baseline = {
+        method: baseline_forecasts(method, panel.values, starts, loaded.lookback, loaded.horizon)
+        for method in sorted(set(fallback.values()))
+    }
+    return serve_with_fallback(points, baseline, panel.series_ids, series_index, fallback)
 
 
 def target_timestamps(origins: pd.DatetimeIndex, freq: str, horizon: int) -> np.ndarray:
-    """`[N, H]` UTC datetime64 target times: origin + step * freq for step 1..H (calendar-aware for "B")."""
-    offset = pd.tseries.frequencies.to_offset(freq)
+    """`[N, H]` UTC datetime64 target times: origin + step * freq for step 1..H (calendar-aware for "B", and
+    on the exchange's trading days for "B-NYSE" and the like)."""
+    offset = to_offset(freq)
     origins = pd.DatetimeIndex(origins)
     origins = origins.tz_localize("UTC") if origins.tz is None else origins.tz_convert("UTC")
-    columns = [(origins + offset * step).tz_convert(None).to_numpy() for step in range(1, horizon + 1)]
+    with warnings.catch_warnings():  # a trading calendar is applied element by element; that is expected
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        columns = [(origins + offset * step).tz_convert(None).to_numpy() for step in range(1, horizon + 1)]
     return np.stack(columns, axis=1)
 
 
@@ -252,7 +295,7 @@ def _check_input(frame: pd.DataFrame, loaded: LoadedForecaster) -> pd.DataFrame:
             f"series {described}{' ...' if len(short) > 5 else ''}"
         )
     tail = frame.sort_values(["series_id", "ts"], kind="stable").groupby("series_id", sort=True).tail(loaded.lookback)
-    offset = pd.tseries.frequencies.to_offset(loaded.freq)
+    offset = to_offset(loaded.freq)
     for sid, ts in tail.groupby("series_id", sort=True)["ts"]:
         seen = pd.DatetimeIndex(ts).as_unit("ns").asi8
         expected = pd.date_range(end=ts.iloc[-1], periods=loaded.lookback, freq=offset).as_unit("ns").asi8
@@ -267,8 +310,8 @@ def _check_input(frame: pd.DataFrame, loaded: LoadedForecaster) -> pd.DataFrame:
 def forecast_frame(loaded: LoadedForecaster, frame: pd.DataFrame) -> pd.DataFrame:
     """Forecast every series of `frame` (series_id, ts, value) from its last observation.
 
-    Returns `series_id, origin_ts, target_ts, step, point` (H rows per series, original units, UTC), with
-    origin_ts the series' last ts and target_ts = origin_ts + step * freq.
+    Returns `series_id, origin_ts, target_ts, step, point, method` (H rows per series, original units, UTC), with
+    origin_ts the series' last ts, target_ts = origin_ts + step * freq, and the method that made the point.
     """
     tail = _check_input(frame, loaded)
     panel = panel_from_frame(tail, freq=loaded.freq)
@@ -285,6 +328,7 @@ def forecast_frame(loaded: LoadedForecaster, frame: pd.DataFrame) -> pd.DataFram
             "target_ts": pd.DatetimeIndex(targets.ravel()).tz_localize("UTC"),
             "step": np.tile(np.arange(1, h + 1, dtype=np.int64), len(series_index)),
             "point": points.ravel(),
+            "method": np.repeat(loaded.methods(panel.series_ids), h),
         },
         columns=OUTPUT_COLUMNS,
     )

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,16 +29,14 @@ if TYPE_CHECKING:
     from tasks.train import FitResult
     from tasks.windowing import WindowedData
 
-from models.frequency import infer_freq, season_length, weekly_season_length
+from models.baselines import as_starts, baseline_forecasts, baseline_methods, serve_with_fallback
+from models.frequency import infer_freq, season_length, seasons
 from models.packaging import LoadedForecaster, forecast_origins
 from models.windows import SeriesPanel
 
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ("mae", "rmse", "smape", "mase")
-NAIVE = "naive"
-SEASONAL_NAIVE = "seasonal_naive"
-WEEKLY_SEASONAL_NAIVE = "weekly_seasonal_naive"
 
 # ---------------------------------------------------------------------------------------------------------------
 # metrics on arrays [N, H]
@@ -157,45 +152,10 @@ def mase_scales(panel: SeriesPanel, train_end: np.ndarray, season: int) -> np.nd
 # baselines over the same windows
 
 
-def _starts(starts: np.ndarray) -> np.ndarray:
-    out = np.asarray(starts, dtype=np.int64)
-    if out.ndim != 1:
-        raise ValueError(f"`starts` must be a 1-D array of flat window starts; got shape {out.shape}")
-    return out
-
-
 def target_values(values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int) -> np.ndarray:
     """Actual targets `[N, H]` of the windows at `starts`: `values[s + L : s + L + H]`, one gather."""
-    starts = _starts(starts)
+    starts = as_starts(starts)
     return np.asarray(values)[starts[:, None] + lookback + np.arange(horizon)]
-
-
-def naive_forecasts(panel_values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int) -> np.ndarray:
-    """Naive baseline `[N, H]`: each window's last input (its origin value) repeated over the horizon."""
-    starts = _starts(starts)
-    last = np.asarray(panel_values, dtype=np.float64)[starts + lookback - 1]  # [N]
-    return np.repeat(last[:, None], horizon, axis=1)  # [N, H]
-
-
-def seasonal_naive_forecasts(
-    panel_values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int, season: int
-) -> np.ndarray:
-    """Seasonal-naive baseline `[N, H]`: `y_hat[o + h] = y[o + h - m * ceil(h / m)]` for h = 1..H, origin o.
-
-    It reads only the window's inputs, the last `m` of them, so it needs `lookback >= season`.
-    """
-    if season < 1:
-        raise ValueError(f"`season` ({season}) must be at least 1")
-    if lookback < season:
-        raise ValueError(
-            f"seasonal naive with season {season} reads {season} inputs but `lookback` is {lookback}; "
-            f"raise `lookback` to at least {season} or use a shorter season"
-        )
-    starts = _starts(starts)
-    h = np.arange(1, horizon + 1)
-    shift = h - season * ((h + season - 1) // season)  # [H], in [1 - m, 0]
-    origin = starts + lookback - 1  # [N]
-    return np.asarray(panel_values, dtype=np.float64)[origin[:, None] + shift[None, :]]  # [N, H]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,7 +208,7 @@ def _check_windows(
     return series
 
 
-def _check_predicted(predicted: np.ndarray, n_windows: int, horizon: int) -> np.ndarray:
+def check_predicted(predicted: np.ndarray, n_windows: int, horizon: int) -> np.ndarray:
     out = np.asarray(predicted, dtype=np.float64)
     if out.shape != (n_windows, horizon):
         raise ValueError(f"`predicted` must be [windows, horizon] = [{n_windows}, {horizon}]; got {list(out.shape)}")
@@ -263,13 +223,6 @@ def _score(
     abs_row = np.abs(err).sum(axis=1)  # [N]
     sq_row = (err**2).sum(axis=1)  # [N]
     smape_row = _smape_terms(actual, predicted).sum(axis=1)  # [N]
-    window_scale = scale[series]  # [N]
-    overall = {
-        "mae": float(abs_row.sum() / err.size),
-        "rmse": float(np.sqrt(sq_row.sum() / err.size)),
-        "smape": float(smape_row.sum() / err.size),
-        "mase": float(np.mean(abs_row / horizon / window_scale)),
-    }
     n_series = len(panel.series_ids)
     count = np.bincount(series, minlength=n_series)  # [S]
     scored = np.flatnonzero(count)
@@ -290,6 +243,12 @@ def _score(
             "mase_scale": scale[scored],
         }
     )
+    overall = {
+        "mae": float(abs_row.sum() / err.size),
+        "rmse": float(np.sqrt(sq_row.sum() / err.size)),
+        "smape": float(smape_row.sum() / err.size),
+        "mase": float(per_series["mase"].mean()),  # each series weighs the same, however many windows it has
+    }
     return Scores(overall, per_series, np.abs(err).mean(axis=0), n_windows)
 
 
@@ -307,44 +266,79 @@ def score_forecasts(
     `season` is MASE's `m`; `train_end [S]` is the flat index just past each series' training part, where the
     MASE scale is measured. Targets must lie after it. NaN forecasts give NaN metrics (never promoted).
     """
-    starts = _starts(starts)
+    starts = as_starts(starts)
     train_end = _check_train_end(panel, train_end)
     series = _check_windows(panel, starts, lookback, horizon, train_end)
-    predicted = _check_predicted(predicted, len(starts), horizon)
+    predicted = check_predicted(predicted, len(starts), horizon)
     actual = target_values(panel.values, starts, lookback, horizon)
     return _score(panel, series, actual, predicted, mase_scales(panel, train_end, season))
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The model and its baselines scored on the same windows; baselines keyed by their metric prefix."""
+    """The model, every baseline and the served forecast scored on the same windows.
+
+    Baselines are keyed by method name ("naive", "seasonal_naive_48", ...; see `models.baselines`). `fallback`
+    maps each series on which the model does not beat its best baseline (per-series MASE) to that baseline;
+    `served` scores what would be served: the model's forecasts, with those series' rows replaced by their
+    baseline's. `season` is MASE's `m`.
+    """
 
     model_name: str
     model: Scores
     baselines: dict[str, Scores]
     baseline_forecasts: dict[str, np.ndarray] = field(repr=False)
     season: int
-    weekly_season: int | None
+    fallback: dict[str, str]
+    served: Scores
 
     def metrics(self, prefix: str = "test") -> dict[str, float]:
         """Flat MLflow metrics with stable names.
 
-        `test_mae`, `test_rmse`, `test_smape`, `test_mase`; per baseline `naive_test_mae`, ...,
-        `seasonal_naive_test_mase`, `weekly_seasonal_naive_test_*` (sub-daily data only); the model's MAE per
-        step `test_mae_step_01` ... (zero-padded to at least two digits); `test_windows` (windows scored).
+        `test_mae`, `test_rmse`, `test_smape`, `test_mase` (the model alone), `served_test_*` (with fallback),
+        per baseline `naive_test_mae`, ..., `seasonal_naive_48_test_mase`; `test_windows` (windows scored),
+        `test_fallback_series` (series served by a baseline).
         """
         out = {f"{prefix}_{name}": value for name, value in self.model.overall.items()}
+        out.update({f"served_{prefix}_{name}": value for name, value in self.served.overall.items()})
         for baseline, scores in self.baselines.items():
             out.update({f"{baseline}_{prefix}_{name}": value for name, value in scores.overall.items()})
-        width = max(2, len(str(len(self.model.mae_by_step))))
-        for h, value in enumerate(self.model.mae_by_step, start=1):
-            out[f"{prefix}_mae_step_{h:0{width}d}"] = float(value)
         out[f"{prefix}_windows"] = float(self.model.n_windows)
+        out[f"{prefix}_fallback_series"] = float(len(self.fallback))
         return out
+
+    def mae_by_step(self) -> pd.DataFrame:
+        """MAE at each horizon step `[H]` of the model and every baseline (one table instead of H metrics)."""
+        methods = {self.model_name: self.model, **self.baselines}
+        steps = np.arange(1, len(self.model.mae_by_step) + 1)
+        return pd.DataFrame({"step": steps, **{m: s.mae_by_step for m, s in methods.items()}})
+
+    def best_baseline(self) -> str:
+        """The baseline with the lowest mean per-series MASE."""
+        return min(self.baselines, key=lambda m: self.baselines[m].overall["mase"])
+
+    def series_table(self) -> pd.DataFrame:
+        """Per series: MASE of the model and of each baseline, the best baseline, the model's ratio to it, and
+        the method served (the model's cell or the baseline it falls back to) with its MASE."""
+        frame = self.model.per_series[["series_id", "n_windows", "mae", "mase"]].rename(
+            columns={"mae": "model_mae", "mase": "model_mase"}
+        )
+        for name, scores in self.baselines.items():
+            frame[f"{name}_mase"] = scores.per_series["mase"].to_numpy()
+        baseline_mase = frame[[f"{name}_mase" for name in self.baselines]].to_numpy()  # [S, B]
+        best = np.argmin(baseline_mase, axis=1)
+        names = list(self.baselines)
+        frame["best_baseline"] = [names[i] for i in best]
+        frame["best_baseline_mase"] = baseline_mase[np.arange(len(frame)), best]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frame["ratio"] = frame["model_mase"] / frame["best_baseline_mase"]
+        frame["served"] = [self.fallback.get(sid, self.model_name) for sid in frame["series_id"]]
+        frame["served_mase"] = self.served.per_series["mase"].to_numpy()
+        return frame
 
     def table(self) -> pd.DataFrame:
         """Tidy scores: one row per (method, scope); scope "overall" (series_id empty) or "series"."""
-        methods = {self.model_name: self.model, **self.baselines}
+        methods = {self.model_name: self.model, "served": self.served, **self.baselines}
         overall = pd.DataFrame(
             [
                 {"method": m, "scope": "overall", "series_id": "", "n_windows": s.n_windows, **s.overall}
@@ -373,6 +367,22 @@ class Evaluation:
         return rows
 
 
+def choose_fallback(model: Scores, baselines: dict[str, Scores]) -> dict[str, str]:
+    """Series -> best baseline, for every series on which the model's MASE is not below that baseline's.
+
+    A tie goes to the baseline, and so does a NaN forecast: a series is served by the network only when the
+    network is known to be better there.
+    """
+    names = list(baselines)
+    baseline_mase = np.stack([baselines[m].per_series["mase"].to_numpy() for m in names], axis=1)  # [S, B]
+    best = np.argmin(baseline_mase, axis=1)  # [S]
+    best_mase = baseline_mase[np.arange(len(best)), best]
+    model_mase = model.per_series["mase"].to_numpy()
+    loses = ~(model_mase < best_mase)
+    ids = model.per_series["series_id"].tolist()
+    return {ids[k]: names[best[k]] for k in np.flatnonzero(loses)}
+
+
 def evaluate_against_baselines(
     panel: SeriesPanel,
     starts: np.ndarray,
@@ -381,142 +391,33 @@ def evaluate_against_baselines(
     horizon: int,
     season: int,
     train_end: np.ndarray,
-    weekly_season: int | None = None,
+    seasons: Sequence[int] = (),
     model_name: str = "model",
+    fallback: dict[str, str] | None = None,
 ) -> Evaluation:
-    """Score the model, naive and seasonal naive (and, given `weekly_season`, a weekly seasonal naive for
-    sub-daily data) on exactly the windows at `starts`, all with the same MASE scales (season `season`).
+    """Score the model, naive and seasonal naive at each of `seasons` that fits in `lookback` on exactly the
+    windows at `starts`, all with the same MASE scales (season `season`), and what would be served.
 
-    Seasonal naive needs `lookback >= season` (a clear error otherwise); the optional weekly baseline is skipped,
-    with a warning, when `lookback` is shorter than a week, and `Evaluation.weekly_season` is then None.
+    `fallback` (series -> baseline) is chosen from these scores unless given: a registered model scored again
+    on new windows keeps the fallback it was registered with.
     """
-    starts = _starts(starts)
+    starts = as_starts(starts)
     train_end = _check_train_end(panel, train_end)
     series = _check_windows(panel, starts, lookback, horizon, train_end)
-    predicted = _check_predicted(predicted, len(starts), horizon)
+    predicted = check_predicted(predicted, len(starts), horizon)
     forecasts = {
-        NAIVE: naive_forecasts(panel.values, starts, lookback, horizon),
-        SEASONAL_NAIVE: seasonal_naive_forecasts(panel.values, starts, lookback, horizon, season),
+        method: baseline_forecasts(method, panel.values, starts, lookback, horizon)
+        for method in baseline_methods([season, *seasons], lookback)
     }
-    if weekly_season is not None and lookback < weekly_season:
-        logger.warning(
-            "weekly seasonal naive skipped: it reads %d inputs but `lookback` is %d", weekly_season, lookback
-        )
-        weekly_season = None
-    if weekly_season is not None:
-        forecasts[WEEKLY_SEASONAL_NAIVE] = seasonal_naive_forecasts(
-            panel.values, starts, lookback, horizon, weekly_season
-        )
     actual = target_values(panel.values, starts, lookback, horizon)
     scale = mase_scales(panel, train_end, season)
     model = _score(panel, series, actual, predicted, scale)
     baselines = {name: _score(panel, series, actual, fc, scale) for name, fc in forecasts.items()}
-    return Evaluation(model_name, model, baselines, forecasts, season, weekly_season)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# plots
-
-
-def _safe_name(series_id: str, limit: int = 60) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", series_id).strip("._")[:limit]
-    return name or "series"
-
-
-def _printable(text: str, limit: int = 60) -> str:
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _save_atomically(fig: Any, target: Path) -> None:
-    """Write to a temporary file beside `target`, then swap it in, so a reader never sees half a PNG."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=110)
-        Path(tmp).replace(target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def plot_forecasts(
-    panel: SeriesPanel,
-    starts: np.ndarray,
-    predicted: np.ndarray,
-    lookback: int,
-    horizon: int,
-    path: str | Path,
-    max_series: int = 6,
-    baseline: np.ndarray | None = None,
-    max_origins: int = 4,
-    scores: Scores | None = None,
-    baseline_label: str = "seasonal naive",
-) -> list[Path]:
-    """One forecast-vs-actual PNG per series (the first `max_series` with windows) in folder `path`.
-
-    Each shows the actual values from the first origin to the last target, the model's forecasts from up to
-    `max_origins` origins spread over the test part, and `baseline [N, H]` from the same origins if given.
-    The title names the series and its MAE, sMAPE (and MASE when `scores` is given). Returns the files written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-    from matplotlib.figure import Figure
-
-    starts = _starts(starts)
-    predicted = _check_predicted(predicted, len(starts), horizon)
-    if baseline is not None and np.shape(baseline) != predicted.shape:
-        raise ValueError(f"`baseline` must have the shape of `predicted` {predicted.shape}; got {np.shape(baseline)}")
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    if len(starts) == 0 or max_series < 1:
-        return []
-    series = panel.series_of(starts)
-    actual = target_values(panel.values, starts, lookback, horizon)
-    by_id = {} if scores is None else scores.per_series.set_index("series_id")["mase"].to_dict()
-    written: list[Path] = []
-    for k in np.unique(series)[:max_series]:  # a handful of plots, not a hot path
-        rows = np.flatnonzero(series == k)
-        picks = rows[np.unique(np.linspace(0, len(rows) - 1, min(max_origins, len(rows))).round().astype(int))]
-        k0 = int(panel.offsets[k])
-        lo, hi = int(starts[rows].min()) + lookback - 1, int(starts[rows].max()) + lookback + horizon
-        index = panel.timestamps[k]
-        ts = (index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index).to_numpy()
-        sid = panel.series_ids[k]
-        title = (
-            f"{_printable(sid)}: MAE {mae(actual[rows], predicted[rows]):.4g}, "
-            f"sMAPE {smape(actual[rows], predicted[rows]):.2f}%"
-        )
-        if sid in by_id:
-            title += f", MASE {by_id[sid]:.3f}"
-
-        fig = Figure(figsize=(11, 4.2), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.plot(ts[lo - k0 : hi - k0], panel.values[lo:hi], color="black", lw=1.2, label="actual")
-        colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
-        for j, i in enumerate(picks):
-            origin = int(starts[i]) + lookback - 1 - k0
-            color = colors[j % len(colors)]
-            x = ts[origin : origin + horizon + 1]  # the origin, then H targets
-            ax.plot(x, np.r_[panel.values[origin + k0], predicted[i]], color=color, lw=1.6, label=f"forecast {j + 1}")
-            if baseline is not None:
-                ax.plot(x, np.r_[panel.values[origin + k0], baseline[i]], color=color, lw=1, ls="--", alpha=0.7)
-            ax.plot(ts[origin], panel.values[origin + k0], "o", color=color, ms=4)
-        if baseline is not None:
-            ax.plot([], [], color="grey", ls="--", label=baseline_label)
-        ax.set_title(title + f"  ({len(picks)} of {len(rows)} origins shown)", fontsize=10)
-        ax.set_xlabel("time (UTC)")
-        ax.set_ylabel("value")
-        locator = AutoDateLocator()
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8, ncol=2)
-        target = folder / f"forecast_{len(written):03d}_{_safe_name(sid)}.png"
-        _save_atomically(fig, target)
-        written.append(target)
-    return written
+    if fallback is None:
+        fallback = choose_fallback(model, baselines)
+    served_forecasts = serve_with_fallback(predicted, forecasts, panel.series_ids, series, fallback)
+    served = _score(panel, series, actual, served_forecasts, scale)
+    return Evaluation(model_name, model, baselines, forecasts, season, dict(sorted(fallback.items())), served)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -537,44 +438,38 @@ def publish_evaluation_table(evaluation: Evaluation, key: str = "test-evaluation
     )
 
 
+def evaluate_test_windows(
+    data: WindowedData, predicted: np.ndarray, season: int, seasons: Sequence[int] = (), model_name: str = "model"
+) -> Evaluation:
+    """Score forecasts `[N, H]` of every test window of `data` against the baselines (see
+    `evaluate_against_baselines`)."""
+    return evaluate_against_baselines(
+        data.panel,
+        data.test_starts,
+        predicted,
+        data.lookback,
+        data.horizon,
+        season,
+        data.splits.train_end,
+        seasons,
+        model_name,
+    )
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
-    panel: SeriesPanel,
-    starts: np.ndarray,
+    data: WindowedData,
     predicted: np.ndarray,
-    lookback: int,
-    horizon: int,
     season: int,
-    train_end: np.ndarray,
-    weekly_season: int | None = None,
+    seasons: Sequence[int] = (),
     model_name: str = "model",
     artifact_key: str | None = "test-evaluation",
 ) -> Evaluation:
     """Score against the baselines and, given `artifact_key`, publish the table as a Prefect artifact."""
-    evaluation = evaluate_against_baselines(
-        panel, starts, predicted, lookback, horizon, season, train_end, weekly_season, model_name
-    )
+    evaluation = evaluate_test_windows(data, predicted, season, seasons, model_name)
     if artifact_key:
         publish_evaluation_table(evaluation, artifact_key)
     return evaluation
-
-
-@task(name="plot-forecasts", cache_policy=NO_CACHE)
-def plot_forecasts_task(
-    panel: SeriesPanel,
-    starts: np.ndarray,
-    predicted: np.ndarray,
-    lookback: int,
-    horizon: int,
-    path: str | Path,
-    max_series: int = 6,
-    baseline: np.ndarray | None = None,
-    scores: Scores | None = None,
-) -> list[Path]:
-    """Forecast-vs-actual PNGs, see `plot_forecasts`."""
-    return plot_forecasts(
-        panel, starts, predicted, lookback, horizon, path, max_series=max_series, baseline=baseline, scores=scores
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -585,50 +480,6 @@ def forecast_test_windows(forecaster: LoadedForecaster, data: WindowedData) -> n
     """Forecasts `[N, H]` in original units from every test origin, exactly as serving would make them."""
     series, positions = data.window_index(data.test_starts)
     return forecast_origins(forecaster, data.panel, series, positions)
-
-
-@dataclass(frozen=True)
-class ChampionScore:
-    """The current champion scored on this run's test windows; `mase` is None when it cannot be compared."""
-
-    version: str | None
-    run_id: str | None
-    mase: float | None
-    note: str
-
-
-def score_champion(model_name: str, data: WindowedData, season: int, weekly_season: int | None) -> ChampionScore:
-    """Score the registered champion on the same test windows as the candidates (its own scalers and weights)."""
-    from tasks.registry import CHAMPION, get_alias, load_version
-
-    version = get_alias(model_name, CHAMPION)
-    if version is None:
-        return ChampionScore(None, None, None, f"registered model '{model_name}' has no champion yet")
-    champion = load_version(model_name, str(version.version))
-    unknown = sorted(set(data.panel.series_ids) - set(champion.series_ids))
-    reason = None
-    if champion.horizon != data.horizon:
-        reason = f"champion horizon {champion.horizon} differs from {data.horizon}"
-    elif champion.freq != data.freq:
-        reason = f"champion frequency {champion.freq!r} differs from {data.freq!r}"
-    elif unknown:
-        reason = f"champion was not trained on series {unknown[:5]!r}"
-    if reason is not None:
-        return ChampionScore(str(version.version), version.run_id, None, reason + "; not comparable")
-    predicted = forecast_test_windows(champion, data)
-    evaluation = evaluate_against_baselines(
-        data.panel,
-        data.test_starts,
-        predicted,
-        data.lookback,
-        data.horizon,
-        season,
-        data.splits.train_end,
-        weekly_season,
-        model_name="champion",
-    )
-    mase_value = evaluation.model.overall["mase"]
-    return ChampionScore(str(version.version), version.run_id, mase_value, f"champion v{version.version}")
 
 
 def candidate_forecaster(fit: FitResult, data: WindowedData) -> LoadedForecaster:
@@ -646,20 +497,14 @@ def forecast_test_windows_task(fit: FitResult, data: WindowedData) -> np.ndarray
     return forecast_test_windows(candidate_forecaster(fit, data), data)
 
 
-@task(name="score-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def score_champion_task(
-    model_name: str, data: WindowedData, season: int, weekly_season: int | None = None
-) -> ChampionScore:
-    return score_champion(model_name, data, season, weekly_season)
-
-
 @dataclass(frozen=True)
 class Seasons:
-    """The season used for MASE and seasonal naive, and the weekly one reported beside it (sub-daily data)."""
+    """The season of MASE's scale, and every season a seasonal-naive baseline is scored at (those longer than
+    the lookback are left out when the baselines are built)."""
 
     freq: str
     season: int
-    weekly: int | None
+    all: tuple[int, ...]
 
 
 def seasons_for(frame: pd.DataFrame, override: int | None = None) -> Seasons:
@@ -667,7 +512,8 @@ def seasons_for(frame: pd.DataFrame, override: int | None = None) -> Seasons:
     first = frame["series_id"].iloc[0]
     ts = pd.DatetimeIndex(frame.loc[frame["series_id"] == first, "ts"]).sort_values()
     freq = infer_freq(ts)
-    return Seasons(freq=freq, season=season_length(freq, override), weekly=weekly_season_length(freq))
+    season = season_length(freq, override)
+    return Seasons(freq=freq, season=season, all=tuple(sorted({season, *seasons(freq)})))
 
 
 @task(name="seasons", cache_policy=NO_CACHE)

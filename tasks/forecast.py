@@ -48,7 +48,6 @@ with that, a window's forecast does not depend on which other windows share its 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import shlex
 import warnings
@@ -62,8 +61,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
 
+from models.frequency import to_offset
 from tasks import registry, store
-from tasks.run_context import to_utc
+from tasks.run_context import run_logger, to_utc
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -141,17 +141,6 @@ class OriginPlan:
         return OriginPlan(self.panel, self.series_index[keep], self.positions[keep], self.skipped, self.reference)
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """Prefect's run logger inside a flow or task run, this module's logger elsewhere."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()  # type: ignore[return-value]
-    except MissingContextError:
-        return logging.getLogger(__name__)
-
-
 # --- the model ----------------------------------------------------------------------------------------------
 
 
@@ -208,7 +197,7 @@ def _is_transient(_task: Any, _run: Any, state: Any) -> bool:
 def pin_model_task(tracking_uri: str, name: str, alias: str | None = None, version: str | None = None) -> ModelRef:
     model = pin_model(tracking_uri, name, alias, version)
     via = f"alias '{model.alias}'" if model.alias else "version"
-    _logger().info("using %s v%s (by %s, MLflow run %s)", model.name, model.version, via, model.run_id)
+    run_logger(__name__).info("using %s v%s (by %s, MLflow run %s)", model.name, model.version, via, model.run_id)
     return model
 
 
@@ -244,7 +233,7 @@ def _flat_ns(panel: SeriesPanel) -> np.ndarray:
 def _fixed_step_ns(freq: str) -> int | None:
     """The step of `freq` in ns when it is a fixed duration (h, 30min, D in UTC); None for B, W, MS ..."""
     try:
-        return int(pd.Timedelta(cast(Any, pd.tseries.frequencies.to_offset(freq))).value)
+        return int(pd.Timedelta(cast(Any, to_offset(freq))).value)
     except (ValueError, TypeError):
         return None
 
@@ -265,7 +254,7 @@ def _grid_positions(panel: SeriesPanel) -> np.ndarray:
             out[lo:hi] = np.where(delta % step == 0, delta // step, -1)
         else:
             index = pd.DatetimeIndex(panel.timestamps[k]).as_unit("ns")
-            grid = pd.date_range(index[0], index[-1], freq=panel.freq).as_unit("ns")
+            grid = pd.date_range(index[0], index[-1], freq=to_offset(panel.freq)).as_unit("ns")
             out[lo:hi] = grid.get_indexer(index)
     return out
 
@@ -286,8 +275,8 @@ def window_checks(
 
 
 def _shift(origins: pd.DatetimeIndex, freq: str, steps: int) -> pd.DatetimeIndex:
-    """origin + steps x freq (calendar-aware for B, W, MS ...)."""
-    offset = pd.tseries.frequencies.to_offset(freq)
+    """origin + steps x freq (calendar-aware for B, W, MS ..., trading days for B-NYSE ...)."""
+    offset = to_offset(freq)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
         return pd.DatetimeIndex(origins + offset * steps)
@@ -399,7 +388,7 @@ def plan_forecast(
 def parse_every(every: str) -> pd.offsets.BaseOffset:
     """A positive pandas offset from an alias like '1D', '6h' or '30min'."""
     try:
-        offset = pd.tseries.frequencies.to_offset(every)
+        offset = to_offset(every)
     except (ValueError, TypeError) as exc:
         raise BackfillRangeError(
             f"`every` ({every!r}) is not a pandas offset alias such as '1D', '6h' or '30min'"
@@ -586,7 +575,8 @@ def forecast_frame_at(
 ) -> pd.DataFrame:
     """Rows of the forecasts table (FORECAST_COLUMNS) for every planned origin, sorted by origin, series, step.
 
-    Target times are origin + step x freq, step 1..H; lower/upper are left null.
+    Target times are origin + step x freq, step 1..H; lower/upper are left null. `method` says what made each row:
+    the network's cell ("lstm"/"gru"), or the baseline that serves the series (`LoadedForecaster.fallback`).
     """
     from models.packaging import target_timestamps
 
@@ -611,6 +601,7 @@ def forecast_frame_at(
             "point": points.ravel(),
             "lower": np.full(n * horizon, np.nan),
             "upper": np.full(n * horizon, np.nan),
+            "method": np.repeat(loaded.methods(plan.panel.series_ids)[plan.series_index], horizon),
             "model_name": model.name,
             "model_version": model.version,
             "mlflow_run_id": model.run_id,
@@ -688,7 +679,9 @@ def pending_origins_task(url: str, model: ModelRef, plan: OriginPlan) -> tuple[O
     done = store.existing_forecast_origins(store.get_engine(url), model.name, model.version, series_ids)
     pending, existing = pending_origins(plan, done)
     if existing:
-        _logger().info("%d of %d origins are already in the table for this model version", existing, plan.size)
+        run_logger(__name__).info(
+            "%d of %d origins are already in the table for this model version", existing, plan.size
+        )
     return pending, existing
 
 
@@ -703,7 +696,7 @@ def plan_forecast_task(
 ) -> OriginPlan:
     plan = plan_forecast(frame, loaded, series, as_of, as_of_given, stale_policy)
     for s in plan.skipped:
-        _logger().warning("skipping series %r: %s", s.series_id, s.reason)
+        run_logger(__name__).warning("skipping series %r: %s", s.series_id, s.reason)
     return plan
 
 
@@ -719,7 +712,7 @@ def plan_backfill_task(
 ) -> OriginPlan:
     plan = plan_backfill(frame, span, loaded, series, start, end, every)
     for s in plan.skipped:
-        _logger().warning("series %r: %d origin(s) skipped: %s", s.series_id, s.origins, s.reason)
+        run_logger(__name__).warning("series %r: %d origin(s) skipped: %s", s.series_id, s.origins, s.reason)
     return plan
 
 
@@ -809,7 +802,7 @@ def forecasts_query(
     if origins is not None:
         where.append(f"origin_ts between {_ts_literal(url, origins[0])} and {_ts_literal(url, origins[1])}")
     return (
-        f"select series_id, origin_ts, target_ts, step, point from {FORECASTS_TABLE} "  # noqa: S608 - quoted literals
+        f"select series_id, origin_ts, target_ts, step, point, method from {FORECASTS_TABLE} "  # noqa: S608 - quoted literals
         f"where {' and '.join(where)} order by series_id, origin_ts, target_ts"
     )
 
@@ -970,7 +963,7 @@ def publish_forecast_summary_task(summary: ForecastSummary) -> None:
     create_markdown_artifact(
         markdown=forecast_markdown(summary), key="forecast-summary", description="seqcast forecast"
     )
-    _logger().info(
+    run_logger(__name__).info(
         "wrote %d rows of %s v%s for %d series (%d skipped)",
         summary.rows_written,
         summary.model_name,
@@ -1006,7 +999,7 @@ def report_progress(
     percent = 100.0 * rows_done / max(total, 1)
     update_progress_artifact(artifact_id=artifact_id, progress=percent)
     origins = pd.DatetimeIndex(chunk["origin_ts"])
-    _logger().info(
+    run_logger(__name__).info(
         "chunk %d/%d written: %d rows, origins %s .. %s (%.0f%% of %d rows)",
         number,
         chunks,

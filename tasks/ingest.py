@@ -170,9 +170,11 @@ def load_source(
     tz: str | None = None,
     gap_policy: GapPolicy = "fail",
     max_gap_steps: int | None = None,
+    calendar: str | None = None,
 ) -> pd.DataFrame:
     """The source as a validated long frame: series_id (str), ts (UTC-aware), value (float), sorted.
 
+    `calendar` ("NYSE", ...) declares daily series on that exchange's trading days (see validate_observations).
     The report is not saved; use `ingest` (or validate_observations) to keep it. Raises DataValidationError.
     """
     raw = read_source(
@@ -185,6 +187,7 @@ def load_source(
         max_gap_steps=max_gap_steps,
         source=describe_source(source, query),
         save=False,
+        calendar=calendar,
     )
     return clean
 
@@ -203,10 +206,13 @@ def ingest(
     max_gap_steps: int | None = None,
     min_length: int | Mapping[str, int] | None = None,
     save_report: bool = True,
+    calendar: str | None = None,
 ) -> IngestResult:
     """Read, validate, then upsert one batch into `target` (an engine or URL; default the settings' database).
 
-    The database is not touched until the batch has passed validation; the write is one transaction.
+    `calendar` ("NYSE", "XLON", ...) declares daily series on that exchange's trading days: its weekends and
+    holidays are no gaps, a missing trading day is. The database is not touched until the batch has passed
+    validation; the write is one transaction.
     """
     raw = read_source(
         source, query=query, time_col=time_col, value_col=value_col, series_col=series_col, series_id=series_id
@@ -220,6 +226,7 @@ def ingest(
         min_length=min_length,
         source=name,
         save=save_report,
+        calendar=calendar,
     )
     engine = target if isinstance(target, Engine) else get_engine(target or get_settings().db_url)
     summary = upsert_observations(engine, clean)

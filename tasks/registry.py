@@ -13,7 +13,6 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
 
     from models.packaging import LoadedForecaster
     from tasks.evaluate import Evaluation
+    from tasks.gate import GateDecision
     from tasks.train import FitResult
     from tasks.windowing import WindowedData
 
@@ -175,7 +175,9 @@ def log_dataset(run_id: str, frame: pd.DataFrame, name: str, source: str) -> str
     return str(dataset.digest)
 
 
-def log_forecaster(run_id: str, model_dir: Path, input_example: pd.DataFrame) -> str:
+def log_forecaster(
+    run_id: str, model_dir: Path, input_example: pd.DataFrame, metadata: dict[str, Any] | None = None
+) -> str:
     """Log a saved forecaster folder as an MLflow pyfunc model in `run_id`; returns its model URI.
 
     Loading it back with `mlflow.pyfunc.load_model` gives forecasts in original units from a frame of
@@ -197,6 +199,7 @@ def log_forecaster(run_id: str, model_dir: Path, input_example: pd.DataFrame) ->
             signature=signature,
             input_example=input_example,
             pip_requirements=requirements,
+            metadata=metadata,
         )
     return str(info.model_uri)
 
@@ -245,43 +248,13 @@ def get_alias(name: str, alias: str) -> ModelVersion | None:
         raise
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
-    promote: bool
-    reason: str
-
-
-def decide_promotion(
-    candidate_mase: float, seasonal_naive_mase: float, champion_mase: float | None
-) -> PromotionDecision:
-    """Champion only if the candidate beats seasonal naive and, when there is one, the current champion."""
-    if not math.isfinite(candidate_mase):
-        return PromotionDecision(False, f"candidate test MASE is {candidate_mase}")
-    if candidate_mase >= seasonal_naive_mase:
-        return PromotionDecision(
-            False, f"candidate MASE {candidate_mase:.4f} does not beat seasonal naive {seasonal_naive_mase:.4f}"
-        )
-    if champion_mase is not None and candidate_mase >= champion_mase:
-        return PromotionDecision(
-            False, f"candidate MASE {candidate_mase:.4f} does not beat champion {champion_mase:.4f} on the same windows"
-        )
-    if champion_mase is None:
-        return PromotionDecision(
-            True, f"first champion: MASE {candidate_mase:.4f} beats seasonal naive {seasonal_naive_mase:.4f}"
-        )
-    return PromotionDecision(
-        True,
-        f"MASE {candidate_mase:.4f} beats champion {champion_mase:.4f} and seasonal naive {seasonal_naive_mase:.4f}",
-    )
-
-
-def apply_decision(name: str, version: str, decision: PromotionDecision) -> str:
+def apply_decision(name: str, version: str, promote: bool, reason: str) -> str:
     """Move `champion` (or `challenger`) to `version` and record why on the version; returns the alias set."""
     client = get_client()
-    alias = CHAMPION if decision.promote else CHALLENGER
+    alias = CHAMPION if promote else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, "promotion", "champion" if decision.promote else "rejected")
-    client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+    client.set_model_version_tag(name, version, "promotion", "champion" if promote else "rejected")
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
     return alias
 
 
@@ -332,8 +305,8 @@ def register_model_task(name: str, model_uri: str, run_id: str) -> str:
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])
-def apply_decision_task(name: str, version: str, decision: PromotionDecision) -> str:
-    return apply_decision(name, version, decision)
+def apply_decision_task(name: str, version: str, promote: bool, reason: str) -> str:
+    return apply_decision(name, version, promote, reason)
 
 
 def log_candidate(
@@ -344,7 +317,8 @@ def log_candidate(
     frame: pd.DataFrame,
     plots: list[Path],
 ) -> str:
-    """Log one trained candidate to its run: params, final metrics, scores table, plots and the model.
+    """Log one trained candidate to its run: params, final metrics, score tables, plots and the model (with the
+    per-series baseline fallback its evaluation chose).
 
     Returns the model URI to register. The input example is the last `lookback` rows of the first series.
     """
@@ -369,14 +343,24 @@ def log_candidate(
     example = pyfunc_input(frame[frame["series_id"] == first].sort_values("ts").tail(data.lookback))
     with tempfile.TemporaryDirectory(prefix="seqcast-candidate-") as tmp:
         folder = Path(tmp)
-        scores = folder / "test_scores.csv"
-        evaluation.table().to_csv(scores, index=False)
-        log_artifacts(run_id, [scores])
+        tables = {
+            "test_scores.csv": evaluation.table(),
+            "test_series.csv": evaluation.series_table(),
+            "test_mae_by_step.csv": evaluation.mae_by_step(),
+        }
+        for name, table in tables.items():
+            table.to_csv(folder / name, index=False)
+        log_artifacts(run_id, [folder / name for name in tables])
         log_artifacts(run_id, plots, "plots")
         model_dir = save_forecaster(
-            folder / "forecaster", fit.model, data.scalers, data.freq, metadata={"mlflow_run_id": run_id}
+            folder / "forecaster",
+            fit.model,
+            data.scalers,
+            data.freq,
+            metadata={"mlflow_run_id": run_id},
+            fallback=evaluation.fallback,
         )
-        return log_forecaster(run_id, model_dir, example)
+        return log_forecaster(run_id, model_dir, example, {"fallback": evaluation.fallback})
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -417,6 +401,39 @@ def log_training_data_task(run_id: str, frame: pd.DataFrame, data: WindowedData,
 @task(retries=2, retry_delay_seconds=[2, 10])
 def end_run_task(run_id: str, failed: bool = False) -> None:
     end_run(run_id, failed)
+
+
+def log_decision(parent_run_id: str, decision: GateDecision, markdown: str) -> None:
+    """The gate's decision on the parent run: the winner's figures as metrics (so nights compare row by row in
+    the runs table), the verdict and reason as tags, the per-series table and its markdown as artifacts."""
+    from mlflow.entities import RunTag
+
+    metrics = {
+        "test_mase": decision.model_mase,
+        "served_test_mase": decision.served_mase,
+        "promoted": float(decision.promote),
+        "fallback_series": float(decision.fallback_series),
+        **{f"{name}_test_mase": value for name, value in decision.baseline_mase.items()},
+    }
+    if decision.champion_mase is not None:
+        metrics["champion_test_mase"] = decision.champion_mase
+    log_metrics(parent_run_id, metrics)
+    tags = {
+        "seqcast.decision": "promoted" if decision.promote else "rejected",
+        "seqcast.decision_reason": decision.reason[:4000],
+        "seqcast.best_cell": decision.candidate,
+    }
+    get_client().log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    with tempfile.TemporaryDirectory(prefix="seqcast-gate-") as tmp:
+        table = Path(tmp) / "gate_series.csv"
+        decision.series.to_csv(table, index=False)
+        log_artifacts(parent_run_id, [table])
+    get_client().log_text(parent_run_id, markdown, "gate.md")
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_decision_task(parent_run_id: str, decision: GateDecision, markdown: str) -> None:
+    log_decision(parent_run_id, decision, markdown)
 
 
 def finish_training(parent_run_id: str, summary_markdown: str) -> None:

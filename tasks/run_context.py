@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,3 +40,14 @@ def resolve_run_context(as_of: dt.datetime | None, trigger: Trigger | None) -> R
         scheduled = flow_run.scheduled_start_time if flow_run_id else None
         as_of = scheduled or dt.datetime.now(dt.UTC)
     return RunContext(as_of=to_utc(as_of), trigger=trigger or "manual", flow_run_id=flow_run_id)
+
+
+def run_logger(name: str = "seqcast") -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Prefect's run logger inside a flow or task run (its lines reach the UI), the `name` logger elsewhere."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()  # type: ignore[return-value]
+    except MissingContextError:
+        return logging.getLogger(name)

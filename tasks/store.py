@@ -1,14 +1,21 @@
 """The observations and forecasts tables: one schema on SQLite and PostgreSQL, every write one transaction.
 
-Writes are idempotent upserts (schedulers may start the same run twice) and never row by row.
+Writes are idempotent upserts (schedulers may start the same run twice) and never row by row. The tables are
+defined once here (`metadata`) and created or migrated by the Alembic revisions in `tasks/migrations/` when an
+engine starts (`ensure_schema`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,13 +33,29 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    inspect,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 
-SCHEMA_VERSION = 1
+from tasks.run_context import run_logger
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+MIGRATIONS = Path(__file__).with_name("migrations")  # Alembic's script location, shipped in the package
+# Alembic's version table. Not the default `alembic_version`: MLflow and Prefect keep theirs under that name, and a
+# production PostgreSQL database may hold their tables beside ours.
+VERSION_TABLE = "seqcast_alembic_version"
+LEGACY_REVISION = "0001"  # what a database made before migrations (seqcast_schema version 1) is stamped with
+LEGACY_SCHEMA_VERSION = 1
+MIGRATION_LOCK_KEY = 0x5E9CA5_7AB1E5  # PostgreSQL advisory lock: one process migrates, the others wait and re-check
+MIGRATION_LOCK_TIMEOUT = "60s"  # PostgreSQL: how long a migration waits for a lock before failing (bounded, not stuck)
+DEFAULT_METHOD = "network"  # forecasts.method of rows that do not say (the column's server default)
 
 T = TypeVar("T")
 
@@ -64,6 +87,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 metadata = MetaData()
 
+# The version number seqcast used before Alembic. Kept (revision 0002 set it to 2) so that a seqcast from before
+# migrations, which only reads this table, refuses a database it would write incomplete rows to.
 schema_info = Table(
     "seqcast_schema",
     metadata,
@@ -91,6 +116,8 @@ forecasts = Table(
     Column("point", Double, nullable=False),
     Column("lower", Double, nullable=True),
     Column("upper", Double, nullable=True),
+    # What produced the row: the network's cell name ("lstm", "gru") or a baseline fallback ("naive", ...).
+    Column("method", Text, nullable=False, server_default=DEFAULT_METHOD),
     Column("mlflow_run_id", Text, nullable=False),
     Column("flow_run_id", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -106,6 +133,7 @@ FORECAST_COLUMNS = [
     "point",
     "lower",
     "upper",
+    "method",
     "model_name",
     "model_version",
     "mlflow_run_id",
@@ -114,6 +142,7 @@ FORECAST_COLUMNS = [
 ]
 
 _engines: dict[str, Engine] = {}
+_engines_lock = threading.RLock()  # one engine per URL, and one schema check at a time, per process
 
 
 class SchemaVersionError(RuntimeError):
@@ -121,15 +150,20 @@ class SchemaVersionError(RuntimeError):
 
 
 def get_engine(url: str) -> Engine:
-    """An engine for `url` with the seqcast tables created; one engine per URL per process."""
+    """An engine for `url` with the seqcast tables created or migrated to this seqcast's revision; one per URL per
+    process."""
     engine = _engines.get(url)
-    if engine is None:
-        engine = create_engine(url, pool_pre_ping=True)
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
-        ensure_schema(engine)
-        _engines[url] = engine
-    return engine
+    if engine is not None:  # no lock on the common path: a thread waiting on a migration elsewhere blocks no one
+        return engine
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_engine(url, pool_pre_ping=True)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            ensure_schema(engine)
+            _engines[url] = engine
+        return engine
 
 
 def dispose_engines() -> None:
@@ -146,18 +180,124 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's config for the seqcast migrations, no alembic.ini needed; `connection` is the one env.py migrates.
+
+    For Alembic's command API by hand, e.g. `command.downgrade(alembic_config(conn), "0001")` inside `engine.begin()`.
+    """
+    with _quiet_alembic():
+        from alembic.config import Config
+
+    config = Config(attributes={"connection": connection})
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+@functools.cache
+def migration_script() -> ScriptDirectory:
+    """The revisions this seqcast ships (read from the package once per process)."""
+    with _quiet_alembic():
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The newest revision this seqcast knows: a database it made or migrated is at this one."""
+    head = migration_script().get_current_head()
+    assert head is not None, f"no Alembic revisions in {MIGRATIONS}"
+    return head
+
+
 def ensure_schema(engine: Engine) -> None:
-    """Create the tables on first use and record the schema version; refuse a newer schema."""
-    with engine.begin() as conn:
-        metadata.create_all(conn, checkfirst=True)
-        version = conn.execute(select(schema_info.c.version)).scalar()
-        if version is None:
-            conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
-        elif version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"database schema version {version} is newer than this seqcast ({SCHEMA_VERSION}); upgrade seqcast"
+    """Bring the tables to this seqcast's revision: create them on a fresh database, migrate an older one (a database
+    from before migrations is stamped 0001 first), refuse one from a newer seqcast.
+
+    Quiet when there is nothing to do, one log line when a migration runs. The migration is one transaction that
+    holds a lock (PostgreSQL advisory lock, SQLite write lock), so concurrent first starts migrate once.
+    """
+    with _quiet_alembic():
+        head = head_revision()
+        with engine.connect() as conn:
+            if _database_revision(conn)[0] == head:
+                return
+        with engine.begin() as conn:
+            _lock_for_migration(conn)
+            current, stamped = _database_revision(conn)  # again: another process may have migrated meanwhile
+            if current == head:
+                return
+            from alembic import command
+
+            if current is None:
+                start = "an empty database"
+            else:
+                start = f"revision {current}" + ("" if stamped else " (made before migrations)")
+            run_logger(__name__).info(
+                "seqcast tables in %s: migrating from %s to revision %s",
+                engine.url.render_as_string(hide_password=True),
+                start,
+                head,
             )
-        # Migrations from older versions go here, keyed on `version`.
+            config = alembic_config(conn)
+            if not stamped:
+                command.stamp(config, LEGACY_REVISION)
+            command.upgrade(config, "head")
+
+
+def _database_revision(conn: Connection) -> tuple[str | None, bool]:
+    """The revision the database is at (None: no seqcast tables yet) and whether Alembic recorded it (False for a
+    database made before migrations, which is at LEGACY_REVISION but not stamped)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script.revision import ResolutionError
+    from alembic.util import CommandError
+
+    heads = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_heads()
+    if len(heads) > 1:
+        raise SchemaVersionError(f"database has several seqcast schema revisions {sorted(heads)}; expected one")
+    if heads:
+        try:
+            migration_script().get_revision(heads[0])
+        except (ResolutionError, CommandError):  # Alembic wraps the ResolutionError of an unknown revision
+            raise SchemaVersionError(
+                f"database schema revision {heads[0]!r} is newer than this seqcast (which knows up to "
+                f"{head_revision()!r}); upgrade seqcast"
+            ) from None
+        return heads[0], True
+    if not inspect(conn).has_table(schema_info.name):
+        return None, True
+    version = conn.execute(select(schema_info.c.version)).scalar()
+    if version is not None and version > LEGACY_SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"database schema version {version} is newer than this seqcast ({LEGACY_SCHEMA_VERSION}, and it has no "
+            f"{VERSION_TABLE} table); upgrade seqcast"
+        )
+    return LEGACY_REVISION, False
+
+
+def _lock_for_migration(conn: Connection) -> None:
+    """Take the lock that makes one process migrate while the others wait (first statement of the transaction)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'"))
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        # pysqlite begins no transaction before DDL; BEGIN IMMEDIATE makes the whole migration one transaction that
+        # holds the write lock (other writers wait up to busy_timeout).
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic logs INFO lines on import ("setup plugin ...") and on every command ("Context impl ..."); users see
+    ours only. Holds `_engines_lock`, so threads do not undo each other's level."""
+    with _engines_lock:
+        log = logging.getLogger("alembic")
+        level = log.level
+        if log.getEffectiveLevel() < logging.WARNING:
+            log.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            log.setLevel(level)
 
 
 def run_in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = 3) -> T:
@@ -398,6 +538,7 @@ def forecast_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
         "point": frame["point"].astype(float).tolist(),
         "lower": _nullable_floats(frame.get("lower"), n),
         "upper": _nullable_floats(frame.get("upper"), n),
+        "method": _methods(frame.get("method"), n),
         "model_name": frame["model_name"].astype(str).tolist(),
         "model_version": frame["model_version"].astype(str).tolist(),
         "mlflow_run_id": frame["mlflow_run_id"].astype(str).tolist(),
@@ -406,6 +547,15 @@ def forecast_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     }
     names = list(columns)
     return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _methods(values: pd.Series | None, n: int) -> list[str]:
+    """forecasts.method for each row; a frame without the column (written before it existed) gets DEFAULT_METHOD."""
+    if values is None:
+        return [DEFAULT_METHOD] * n
+    if values.isna().any():
+        raise ValueError("every forecast row needs a method (the network's cell or a baseline); some rows have none")
+    return values.astype(str).tolist()
 
 
 def _nullable_floats(values: pd.Series | None, n: int) -> list[float | None]:

@@ -9,7 +9,6 @@ read once per epoch. No DataLoader, no per-sample Python, no per-step `.item()`.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,8 @@ from models.forecaster import (
     resolve_device,
 )
 from models.windows import gather_windows
+from tasks.run_context import run_logger
+from tasks.spec import ModelSpec, TrainingSpec
 from tasks.windowing import WindowedData
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -44,6 +45,10 @@ class TrainingDivergedError(RuntimeError):
 # 4.9 ms at batch 32 and 15 ms at 64); PyTorch's CPU GRU runs op by op, so batch 64 costs little more than 32 and
 # reached the same test MAE in 60 % of the time (electricity, 3 seeds; docs/benchmarks.md).
 DEFAULT_BATCH_SIZE = {"lstm": 32, "gru": 64}
+
+
+# The run spec (tasks/spec.py) holds the one set of defaults; the training stage takes its own from there.
+_MODEL, _TRAINING = ModelSpec(), TrainingSpec()
 
 
 class TrainConfig(BaseModel):
@@ -71,24 +76,24 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cell: Cell = "lstm"
-    hidden_size: int = Field(default=32, ge=1, le=4096)
-    num_layers: int = Field(default=1, ge=1, le=16)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    head: Literal["auto", "last", "per_step"] = "auto"
-    scaling: Scaling = "series"
-    batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_epochs: int = Field(default=60, ge=1, le=100_000)
-    learning_rate: float = Field(default=5e-3, gt=0.0, le=10.0)
+    cell: Cell = _MODEL.cells[0]
+    hidden_size: int = Field(default=_MODEL.hidden_size, ge=1, le=4096)
+    num_layers: int = Field(default=_MODEL.num_layers, ge=1, le=16)
+    dropout: float = Field(default=_MODEL.dropout, ge=0.0, lt=1.0)
+    head: Literal["auto", "last", "per_step"] = _MODEL.head
+    scaling: Scaling = _MODEL.scaling
+    batch_size: int | None = Field(default=_TRAINING.batch_size, ge=1, le=1_000_000)
+    max_epochs: int = Field(default=_TRAINING.max_epochs, ge=1, le=100_000)
+    learning_rate: float = Field(default=_TRAINING.learning_rate, gt=0.0, le=10.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
-    loss: Literal["mse", "huber"] = "mse"
+    loss: Literal["mse", "huber"] = _TRAINING.loss
     huber_delta: float = Field(default=1.0, gt=0.0)
     grad_clip: float | None = Field(default=1.0, gt=0.0)
-    patience: int = Field(default=6, ge=1)
+    patience: int = Field(default=_TRAINING.patience, ge=1)
     min_delta: float = Field(default=0.0, ge=0.0)
     lr_schedule: Literal["none", "plateau", "cosine"] = "plateau"
-    seed: int = Field(default=0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(default=_TRAINING.seed, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = _TRAINING.device
     num_threads: int | None = Field(default=None, ge=1)
     eval_batch_size: int = Field(default=1024, ge=1)
     max_loss: float = Field(default=1e6, gt=0.0)
@@ -133,17 +138,6 @@ class FitResult:
     stopped_early: bool
     bf16: bool
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """Prefect's run logger inside a flow or task run, this module's logger elsewhere."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()  # type: ignore[return-value]
-    except MissingContextError:
-        return logging.getLogger(__name__)
 
 
 SMALL_STEP_WORK = 32_768
@@ -216,7 +210,7 @@ def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallb
         raise ValueError("no training windows; the series are too short for lookback + horizon")
     if len(data.val_starts) == 0:
         raise ValueError("no validation windows; early stopping needs a validation part of at least `horizon`")
-    log = _logger()
+    log = run_logger(__name__)
     device = resolve_device(config.device)
     lookback, horizon = data.lookback, data.horizon
     with _cpu_threads(training_threads(config, device)):

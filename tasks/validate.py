@@ -2,6 +2,8 @@
 
 Raw columns are parsed in pandas into helper columns (`chk_*`: parsed time, parsed value, per-series step
 checks) and the suite checks those, so one GX result covers parsing, keys, ids, regularity, gaps and length.
+Gaps are counted on each series' frequency, or on an exchange's trading days (`calendar="NYSE"`: weekends and
+holidays are no gaps). `gap_policy="fill"` interpolates missing steps and NaN values inside a series alike.
 A failed suite raises `DataValidationError` (never retried); the result is kept as JSON and HTML either way.
 """
 
@@ -27,6 +29,8 @@ import pandas as pd
 from pandas.tseries.offsets import Tick
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from models.frequency import business_calendar, infer_freq, market_freq, market_of, supported_markets, to_offset
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +78,8 @@ class CheckResult:
 
 @dataclass
 class SeriesSummary:
-    """Per-series facts found while validating: size, span, frequency, gaps and how many points were filled."""
+    """Per-series facts found while validating: size, span, frequency, gaps, NaN values and how many points were
+    filled (`filled` counts new rows and NaN values alike; `filled_nan` the NaN values among them)."""
 
     series_id: str
     rows: int
@@ -85,6 +90,8 @@ class SeriesSummary:
     missing_steps: int = 0
     largest_gap_steps: int = 0
     filled: int = 0
+    nan_values: int = 0
+    filled_nan: int = 0
 
 
 @dataclass
@@ -101,7 +108,9 @@ class ValidationReport:
     min_length_parts: dict[str, int] | None
     checks: list[CheckResult]
     series: list[SeriesSummary]
-    filled_points: int = 0
+    filled_points: int = 0  # rows added in gaps plus NaN values replaced
+    filled_nan: int = 0  # NaN values replaced (part of filled_points)
+    calendar: str | None = None  # the declared trading calendar ("NYSE"), if any
     gx_result: dict[str, Any] = field(default_factory=dict)
     json_path: Path | None = None
     html_path: Path | None = None
@@ -135,6 +144,8 @@ class ValidationReport:
             f"{self.rows} rows, {len(self.series)} series, gap policy `{self.gap_policy}`"
             + (f" (max {self.max_gap_steps} steps)" if self.gap_policy == "fill" else "")
             + (f", {self.filled_points} points filled" if self.filled_points else "")
+            + (f" ({self.filled_nan} of them NaN values)" if self.filled_nan else "")
+            + (f", trading calendar {self.calendar}" if self.calendar else "")
             + (f", min length {self.min_length}" if self.min_length else ""),
             "",
             "| check | expectation | result | unexpected | detail |",
@@ -198,19 +209,25 @@ def validate_observations(
     source: str | None = None,
     save: bool = True,
     report_dir: Path | None = None,
+    calendar: str | None = None,
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Check a long frame `series_id, ts, value` (raw or typed) and return it clean: UTC times, floats, sorted.
 
-    `tz` is the zone of naive timestamps (default UTC). `gap_policy="fill"` fills gaps of up to `max_gap_steps`
-    missing steps by linear interpolation. `min_length` is a count or named parts that add up, e.g.
-    `{"lookback": 336, "horizon": 48, "test": 96}`. Raises `DataValidationError` (report saved first) on failure.
+    `tz` is the zone of naive timestamps (default UTC). `gap_policy="fill"` fills runs of up to `max_gap_steps`
+    missing steps and NaN values by linear interpolation (a NaN first or last value of a series is refused: there
+    is nothing to interpolate from). `calendar` ("NYSE", "XLON", ...) declares daily series on that exchange's
+    trading days: weekends and its holidays are no gaps, a missing trading day is. `min_length` is a count or
+    named parts that add up, e.g. `{"lookback": 336, "horizon": 48, "test": 96}`. Raises `DataValidationError`
+    (report saved first) on failure.
     """
-    _check_arguments(gap_policy, max_gap_steps, tz)
+    calendar_freq = _check_arguments(gap_policy, max_gap_steps, tz, calendar)
     min_total, min_parts = _min_length(min_length)
     source_name = source or str(frame.attrs.get("seqcast_source") or "dataframe")
     allowed_gap = 0 if gap_policy == "fail" else int(max_gap_steps or 0)
 
-    batch, stats, notes = _prepare_batch(frame, tz, fill=gap_policy == "fill", allowed_gap=allowed_gap)
+    batch, stats, notes = _prepare_batch(
+        frame, tz, fill=gap_policy == "fill", allowed_gap=allowed_gap, calendar_freq=calendar_freq
+    )
     expectations = _build_expectations(batch, allowed_gap, min_total)
     gx_result = _run_suite(batch, expectations)
     checks = _read_results(
@@ -219,11 +236,16 @@ def validate_observations(
     success = bool(gx_result.get("success")) and all(c.success for c in checks)
 
     clean: pd.DataFrame | None = None
-    filled = 0
+    filled = filled_nan = 0
     if success:
-        clean, filled = _clean_frame(batch, stats)
+        clean, filled, filled_nan = _clean_frame(batch, stats)
         if filled:
-            logger.info("filled %d missing points by linear interpolation in %s", filled, source_name)
+            logger.info(
+                "filled %d missing points (%d of them NaN values) by linear interpolation in %s",
+                filled,
+                filled_nan,
+                source_name,
+            )
     report = ValidationReport(
         source=source_name,
         success=success,
@@ -236,6 +258,8 @@ def validate_observations(
         checks=checks,
         series=[s.summary for s in stats.values()],
         filled_points=filled,
+        filled_nan=filled_nan,
+        calendar=market_of(calendar_freq) if calendar_freq else None,
         gx_result=_slim_gx_result(gx_result),
     )
     if save:
@@ -292,6 +316,7 @@ def validate_observations_task(
     max_gap_steps: int | None = None,
     min_length: int | dict[str, int] | None = None,
     source: str | None = None,
+    calendar: str | None = None,
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Validate a batch and publish the result as a markdown artifact; a failure is raised, never retried."""
     from prefect.logging import get_run_logger
@@ -299,7 +324,13 @@ def validate_observations_task(
     run_logger = get_run_logger()
     try:
         clean, report = validate_observations(
-            frame, tz=tz, gap_policy=gap_policy, max_gap_steps=max_gap_steps, min_length=min_length, source=source
+            frame,
+            tz=tz,
+            gap_policy=gap_policy,
+            max_gap_steps=max_gap_steps,
+            min_length=min_length,
+            source=source,
+            calendar=calendar,
         )
     except DataValidationError as exc:
         if exc.report is not None:
@@ -336,9 +367,13 @@ class _SeriesStats:
     summary: SeriesSummary
     positions: np.ndarray  # batch row labels of this series' kept rows, sorted by time
     grid: pd.DatetimeIndex | None = None  # the full regular grid when gaps are to be filled
+    fill: bool = False  # gaps or NaN values are to be filled (on `grid`, else on the rows there are)
+    edge_nan: int = 0  # NaN values before the first or after the last number, which cannot be interpolated
+    largest_run: int = 0  # longest run of missing steps and NaN values, the max_gap_steps that fills them
 
 
-def _check_arguments(gap_policy: str, max_gap_steps: int | None, tz: str | None) -> None:
+def _check_arguments(gap_policy: str, max_gap_steps: int | None, tz: str | None, calendar: str | None) -> str | None:
+    """Refuse bad arguments with the fix; returns the frequency of the declared calendar ("B-NYSE") or None."""
     if gap_policy not in GAP_POLICIES:
         raise ValueError(f"gap_policy={gap_policy!r} is not one of {GAP_POLICIES}; use 'fail' or 'fill'")
     if max_gap_steps is not None and (not isinstance(max_gap_steps, int) or max_gap_steps < 0):
@@ -353,6 +388,15 @@ def _check_arguments(gap_policy: str, max_gap_steps: int | None, tz: str | None)
             pd.Timestamp("2000-01-01").tz_localize(tz)
         except Exception as exc:
             raise ValueError(f"tz={tz!r} is not a time zone name; use one like 'Europe/London' or 'UTC'") from exc
+    if calendar is None:
+        return None
+    try:
+        return market_freq(calendar)
+    except ValueError:
+        raise ValueError(
+            f"calendar={calendar!r} is not an exchange with a trading calendar; use one of "
+            f"{', '.join(supported_markets())} (the holidays package's financial calendars)"
+        ) from None
 
 
 def _min_length(min_length: int | Mapping[str, int] | None) -> tuple[int | None, dict[str, int] | None]:
@@ -369,10 +413,10 @@ def _min_length(min_length: int | Mapping[str, int] | None) -> tuple[int | None,
 
 
 def _prepare_batch(
-    frame: pd.DataFrame, tz: str | None, *, fill: bool, allowed_gap: int
+    frame: pd.DataFrame, tz: str | None, *, fill: bool, allowed_gap: int, calendar_freq: str | None = None
 ) -> tuple[pd.DataFrame, dict[str, _SeriesStats], dict[str, str]]:
     """The frame with a 0..n-1 index plus `chk_*` helper columns; per-series stats of the rows that parsed."""
-    notes: dict[str, str] = {}
+    notes: dict[str, str] = {"calendar": calendar_freq} if calendar_freq else {}
     batch = frame.reset_index(drop=True).copy()
     batch.attrs = {}
     if not all(c in batch.columns for c in REQUIRED_COLUMNS) or batch.empty:
@@ -394,7 +438,7 @@ def _prepare_batch(
     # NaN/missing check without counting text twice (text is reported by its own check)
     batch[PRESENT_COL] = value.where(text.isna(), 0.0)
 
-    stats = _step_checks(batch, fill=fill, allowed_gap=allowed_gap)
+    stats = _step_checks(batch, fill=fill, allowed_gap=allowed_gap, freq=calendar_freq)
     return batch, stats, notes
 
 
@@ -504,8 +548,16 @@ def _localize(naive: pd.Series, tz: str | None, series: pd.Series) -> tuple[pd.S
     return out.dt.tz_convert("UTC").astype("datetime64[us, UTC]"), note
 
 
-def _step_checks(batch: pd.DataFrame, *, fill: bool, allowed_gap: int) -> dict[str, _SeriesStats]:
-    """Per-row step helpers (off-grid steps, missing steps before a row, series length) and per-series stats."""
+def _step_checks(
+    batch: pd.DataFrame, *, fill: bool, allowed_gap: int, freq: str | None = None
+) -> dict[str, _SeriesStats]:
+    """Per-row step helpers (off-grid steps, missing steps before a row, series length) and per-series stats.
+
+    Under `fill`, a NaN value counts as a missing step: the gap helper of a row is the run of missing steps and
+    NaN values since the previous number, and NaN values inside a series pass the missing-value check (they are
+    interpolated), while NaN values at a series' start or end still fail it. `freq` forces every series' frequency
+    (a declared trading calendar); else each series' own is inferred.
+    """
     batch[OFF_GRID_COL] = np.nan
     batch[GAP_COL] = np.nan
     batch[LENGTH_COL] = np.nan
@@ -515,6 +567,12 @@ def _step_checks(batch: pd.DataFrame, *, fill: bool, allowed_gap: int) -> dict[s
     good = batch.loc[good_id & batch[TS_COL].notna(), ["series_id", TS_COL]]
     good = good.sort_values(["series_id", TS_COL], kind="stable")
     good = good[~good.duplicated(["series_id", TS_COL], keep="first")]
+
+    # NaN values, not counting text (refused as text) or infinities (refused as infinite)
+    nan_all = (batch[VALUE_COL].isna() & batch[TEXT_COL].isna()).to_numpy()
+    present = batch[PRESENT_COL].to_numpy(dtype=np.float64, copy=True)
+    if fill:  # NaN values are judged by where they are, below; rows refused for their key are reported there
+        present[nan_all] = 0.0
 
     stats: dict[str, _SeriesStats] = {}
     off_grid = np.full(len(batch), np.nan)
@@ -533,46 +591,83 @@ def _step_checks(batch: pd.DataFrame, *, fill: bool, allowed_gap: int) -> dict[s
         rows = labels[lo:hi]
         ts = ts_all[lo:hi]
         summary = SeriesSummary(
-            series_id=series_id, rows=int(hi - lo), start=ts[0].isoformat(), end=ts[-1].isoformat(), freq=None
+            series_id=series_id, rows=int(hi - lo), start=ts[0].isoformat(), end=ts[-1].isoformat(), freq=freq
         )
         item = _SeriesStats(summary=summary, positions=rows)
         stats[series_id] = item
         n_grid = hi - lo
+        nan = nan_all[rows]
+        steps_before = np.zeros(hi - lo)
+        off = np.zeros(0)
+        grid = None
         if hi - lo >= 2:
-            freq, off, miss, grid = _regularity(ts)
-            summary.freq = freq
+            summary.freq, off, miss, grid = _regularity(ts, freq)
+            steps_before[1:] = miss
             off_grid[rows[1:]] = off
-            missing[rows[1:]] = miss
             off_grid[rows[0]] = 0
-            missing[rows[0]] = 0
             summary.gaps = int((miss > 0).sum())
             summary.missing_steps = int(miss.sum())
             summary.largest_gap_steps = int(miss.max(initial=0))
-            if fill and summary.missing_steps and not off.any() and summary.largest_gap_steps <= allowed_gap:
-                item.grid = grid
-                n_grid = len(grid) if grid is not None else n_grid
+        runs, edge = _missing_runs(steps_before, nan)
+        summary.nan_values = int(nan.sum())
+        item.edge_nan = int(edge.sum())
+        item.largest_run = int(runs.max(initial=0))
+        missing[rows] = runs if fill else steps_before
+        if fill:
+            present[rows[edge]] = np.nan
+            to_fill = summary.missing_steps or summary.nan_values > item.edge_nan
+            if to_fill and not off.any() and item.largest_run <= allowed_gap and not item.edge_nan:
+                item.fill = True
+                item.grid = grid if summary.missing_steps else None
+                n_grid = len(item.grid) if item.grid is not None else n_grid
         length[rows] = n_grid
     batch[OFF_GRID_COL] = off_grid
     batch[GAP_COL] = missing
     batch[LENGTH_COL] = length
+    batch[PRESENT_COL] = present
     return stats
 
 
-def _regularity(ts: pd.DatetimeIndex) -> tuple[str, np.ndarray, np.ndarray, pd.DatetimeIndex | None]:
-    """Frequency, off-grid flag and missing steps of each step of a sorted series, and its full grid."""
-    from models.frequency import infer_freq  # the same rule the window builder uses
+def _missing_runs(steps_before: np.ndarray, nan: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of one series in time order: the run of missing steps and NaN values since the previous
+    number (0 on NaN rows), and whether the row is a NaN before the first or after the last number."""
+    total = steps_before + nan  # [n] what goes missing up to and including each row
+    index = np.arange(len(nan))
+    last_number = np.maximum.accumulate(np.where(nan, -1, index))  # [n] latest number at or before each row
+    previous = np.concatenate([[-1], last_number[:-1]])  # [n] latest number before each row
+    cumulative = np.cumsum(total)
+    runs = np.where(previous >= 0, cumulative - cumulative[np.maximum(previous, 0)], steps_before)
+    runs = np.where(nan, 0, runs)
+    numbers = np.flatnonzero(~nan)
+    edge = nan & ((index < numbers[0]) | (index > numbers[-1])) if numbers.size else nan.copy()
+    return runs, edge
 
-    freq = infer_freq(ts)
-    if freq == "B":
+
+def _regularity(
+    ts: pd.DatetimeIndex, freq: str | None = None
+) -> tuple[str, np.ndarray, np.ndarray, pd.DatetimeIndex | None]:
+    """Frequency, off-grid flag and missing steps of each step of a sorted series, and its full grid.
+
+    `freq` (a declared trading calendar) wins over the inferred frequency. Business days, plain ("B") or an
+    exchange's ("B-NYSE"), are counted on a numpy business-day calendar: a row on a weekend or holiday is off
+    the grid, and only trading days without a row are missing steps.
+    """
+    freq = freq or infer_freq(ts)
+    busdays = business_calendar(freq)
+    if busdays is not None:
         days = ts.tz_convert("UTC").tz_localize(None).normalize()
         time_of_day = (ts.tz_convert("UTC").tz_localize(None) - days).to_numpy()
         day_arr = days.to_numpy().astype("datetime64[D]")
-        counts = np.busday_count(day_arr[:-1], day_arr[1:])
-        off = (counts < 1) | (time_of_day[1:] != time_of_day[0]) | ~np.is_busday(day_arr[1:])
-        miss = np.where(off, 0, counts - 1)
-        grid = pd.date_range(ts[0], ts[-1], freq="B") if not off.any() else None
+        counts = np.busday_count(day_arr[:-1], day_arr[1:], busdaycal=busdays)  # trading days in [prev, this)
+        prev_open = np.is_busday(day_arr[:-1], busdaycal=busdays)
+        first_step = np.arange(len(counts)) == 0
+        # a row on a closed day is off-grid itself; the step after it is not blamed again
+        off = ~np.is_busday(day_arr[1:], busdaycal=busdays) | (time_of_day[1:] != time_of_day[0])
+        off |= (counts < 1) & (prev_open | first_step)
+        miss = np.where(off, 0, np.maximum(counts - prev_open, 0))
+        grid = pd.date_range(ts[0], ts[-1], freq=to_offset(freq)) if not off.any() else None
         return freq, off.astype(float), miss.astype(float), grid
-    offset = pd.tseries.frequencies.to_offset(freq)
+    offset = to_offset(freq)
     if not isinstance(offset, Tick):  # a calendar frequency: `infer_freq` names one only when every step follows it
         zeros = np.zeros(len(ts) - 1)
         return freq, zeros, zeros, None
@@ -836,7 +931,7 @@ def _message(
     if item.check == "value_numeric":
         return f"{n} of {total} values are not numbers{where}: {rows}; values must be numeric"
     if item.check == "value_not_null":
-        return f"{n} of {total} values are missing or NaN{where}: {rows}; drop those rows or fill them at the source"
+        return _nan_message(check, stats, gap_policy, f"{n} of {total} values are missing or NaN{where}: {rows}")
     if item.check == "value_finite":
         return f"{n} of {total} values are infinite{where}: {rows}; values must be finite numbers"
     if item.check == "keys_unique":
@@ -849,6 +944,13 @@ def _message(
         for sid in list(check.series)[:5]:
             s = stats.get(sid)
             parts.append(f"series {_show(sid)} ({s.summary.freq if s else '?'}) has {check.series[sid]} off-grid steps")
+        if notes.get("calendar"):
+            market = market_of(notes["calendar"])
+            return (
+                f"{'; '.join(parts)}: e.g. {rows}; with calendar={market!r} every row must fall on a {market} "
+                "trading day (no weekend, no holiday) at one time of day: drop the other rows, or ingest without "
+                "--calendar"
+            )
         return f"{'; '.join(parts)}: e.g. {rows}; resample each series to one regular frequency before ingesting"
     if item.check == "gaps":
         parts = []
@@ -858,10 +960,16 @@ def _message(
             if s is None:
                 continue
             s_summary = s.summary
-            largest = max(largest, s_summary.largest_gap_steps)
+            largest = max(largest, s.largest_run)
+            nan_part = ""
+            if s_summary.nan_values and s.largest_run > s_summary.largest_gap_steps:
+                nan_part = (
+                    f", and {s_summary.nan_values} NaN values; the longest run of missing steps and NaN values "
+                    f"is {s.largest_run}"
+                )
             parts.append(
                 f"series {_show(sid)} ({s_summary.freq}) has {s_summary.gaps} gaps, {s_summary.missing_steps} "
-                f"missing steps, the largest {s_summary.largest_gap_steps}"
+                f"missing steps, the largest {s_summary.largest_gap_steps}{nan_part}"
             )
         fix = (
             f"gap_policy='fail' allows no gap; use gap_policy='fill' with max_gap_steps={largest} "
@@ -871,6 +979,33 @@ def _message(
         )
         return f"{'; '.join(parts)} (first gaps end at {rows}); {fix}"
     return f"{n} of {total} rows fail '{item.description}'{where}: {rows}"
+
+
+def _nan_message(check: CheckResult, stats: dict[str, _SeriesStats], gap_policy: str, head: str) -> str:
+    """What to do about NaN values: interpolate the ones inside a series (naming the option that does), drop or
+    fix the ones at a series' start or end, which have no value on one side to interpolate from."""
+    offending = [stats[sid] for sid in check.series if sid in stats]
+    edge = [s for s in offending if s.edge_nan]
+    edge_ids = ", ".join(_show(s.summary.series_id) for s in edge[:5]) + (" ..." if len(edge) > 5 else "")
+    if gap_policy == "fill":
+        return (
+            f"{head}; they are at the start or end of series {edge_ids}, where there is no value on one side to "
+            "interpolate from: drop those rows or fill them at the source"
+        )
+    inner = [s for s in offending if s.summary.nan_values > s.edge_nan]
+    if not inner:
+        return (
+            f"{head}; the first or last value of a series cannot be interpolated: drop those rows or fill them at "
+            "the source"
+        )
+    largest = max(s.largest_run for s in inner)
+    fix = (
+        f"{head}; drop those rows, fill them at the source, or use gap_policy='fill' with max_gap_steps={largest} "
+        f"(--gap-policy fill --max-gap-steps {largest}) to interpolate them"
+    )
+    if edge:
+        fix += f" (NaN values at the start or end of series {edge_ids} cannot be interpolated: drop those rows)"
+    return fix
 
 
 def _length_message(
@@ -958,8 +1093,9 @@ def _md(text: str) -> str:
 # the clean frame
 
 
-def _clean_frame(batch: pd.DataFrame, stats: dict[str, _SeriesStats]) -> tuple[pd.DataFrame, int]:
-    """series_id, ts (UTC), value (float), sorted, with gaps filled where the policy allowed it."""
+def _clean_frame(batch: pd.DataFrame, stats: dict[str, _SeriesStats]) -> tuple[pd.DataFrame, int, int]:
+    """series_id, ts (UTC), value (float), sorted, with gaps and NaN values filled where the policy allowed it;
+    also how many points were filled in all, and how many of those were NaN values."""
     clean = pd.DataFrame(
         {
             "series_id": batch["series_id"].astype("str"),
@@ -967,25 +1103,36 @@ def _clean_frame(batch: pd.DataFrame, stats: dict[str, _SeriesStats]) -> tuple[p
             "value": batch[VALUE_COL].astype("float64"),
         }
     )
-    filled_parts = []
-    filled = 0
+    refilled: list[pd.DataFrame] = []
+    replaced: list[np.ndarray] = []
+    filled = filled_nan = 0
     for series_id, item in stats.items():
-        if item.grid is None:
+        if not item.fill:
             continue
         part = clean.loc[item.positions].set_index("ts")["value"]
-        full = part.reindex(item.grid).interpolate(method="linear")
-        new = full[~full.index.isin(part.index)]
-        item.summary.filled = len(new)
-        filled += len(new)
-        filled_parts.append(
-            pd.DataFrame({"series_id": series_id, "ts": new.index.astype("datetime64[us, UTC]"), "value": new.values})
+        full = part if item.grid is None else part.reindex(item.grid)
+        full = full.interpolate(method="linear", limit_area="inside")  # equal steps on the series' own grid
+        new = int(len(full) - len(part))
+        nan = int(part.isna().sum())
+        item.summary.filled, item.summary.filled_nan = new + nan, nan
+        filled += new + nan
+        filled_nan += nan
+        replaced.append(item.positions)
+        refilled.append(
+            pd.DataFrame({"series_id": series_id, "ts": full.index.astype("datetime64[us, UTC]"), "value": full.values})
         )
-        logger.info("series %s: filled %d missing points by linear interpolation", _show(series_id), len(new))
-    if filled_parts:
-        clean = pd.concat([clean, *filled_parts], ignore_index=True)
+        logger.info(
+            "series %s: filled %d missing points and %d NaN values by linear interpolation",
+            _show(series_id),
+            new,
+            nan,
+        )
+    if refilled:
+        kept = clean[~clean.index.isin(np.concatenate(replaced))]
+        clean = pd.concat([kept, *refilled], ignore_index=True)
     clean = clean.sort_values(["series_id", "ts"], kind="stable").reset_index(drop=True)
     clean["series_id"] = clean["series_id"].astype("str")
-    return clean, filled
+    return clean, filled, filled_nan
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -41,6 +41,37 @@ def test_help_is_fast_and_lists_the_commands(tmp_path: Path) -> None:
         assert command in done.stdout
 
 
+def test_importing_the_cli_imports_nothing_heavy() -> None:
+    """Not even pydantic: the train and demo options, built from the run spec, are added when first parsed."""
+    heavy = ("pydantic", "numpy", "pandas", "torch", "prefect", "mlflow", "great_expectations")
+    code = f"import sys, flows.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_train_and_demo_help_is_fast_and_lists_every_setting(tmp_path: Path, command: str) -> None:
+    _run([command, "--help"], tmp_path / "home")  # warm the file cache
+    start = time.perf_counter()
+    done = _run([command, "--help"], tmp_path / "home")
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 1.5, f"seqcast {command} --help took {elapsed:.2f}s"
+    for option in ("--cell", "--lookback", "--horizon", "--epochs", "--hidden-size", "--layers", "--batch-size"):
+        assert option in done.stdout
+    for option in ("--device", "--seed", "--test-fraction", "--eval-stride", "--learning-rate", "--season"):
+        assert option in done.stdout
+
+
+def test_a_value_the_run_spec_refuses_is_a_clean_usage_error(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    done = _run(["train", "--test-fraction", "1.5"], tmp_path / "home")
+    assert time.perf_counter() - start < 1.5
+    assert done.returncode == 2
+    assert "Invalid value for '--test-fraction': 1.5" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_ingest_help_lists_its_options(tmp_path: Path) -> None:
     done = _run(["ingest", "--help"], tmp_path / "home")
     assert done.returncode == 0

@@ -73,6 +73,43 @@ def test_prefect_yaml_matches_deploy_py(prefect_yaml: dict[str, Any], spec: depl
         assert limit == {"limit": spec.concurrency_limit, "collision_strategy": "ENQUEUE"}
 
 
+def _assert_the_form_describes_the_run_spec(schema: dict[str, Any]) -> None:
+    """A flow's parameter schema (the dashboard's form): every parameter, every part of the run spec and every
+    setting in it has a description, and the form starts from the spec's defaults."""
+    from tasks.spec import RunSpec
+
+    properties = schema["properties"]
+    assert [name for name, p in properties.items() if not p.get("description")] == []
+    assert properties["spec"]["default"] == RunSpec().model_dump(mode="json")
+    assert "spec" not in schema.get("required", []), "a schedule starts the run with the spec's defaults"
+    definitions = schema["definitions"]
+    assert definitions["RunSpec"].get("description")
+    for part, field in RunSpec.model_fields.items():
+        model = field.annotation
+        assert model is not None
+        definition = definitions[model.__name__]
+        assert definition.get("description"), part
+        assert set(definition["properties"]) == set(model.model_fields), part
+        undescribed = [name for name, p in definition["properties"].items() if not p.get("description")]
+        assert undescribed == [], f"{part}: {undescribed} have no description"
+
+
+def test_train_deployment_form_describes_every_setting_of_the_run_spec() -> None:
+    train = deploy.DEPLOYMENTS[0]
+    deployment = deploy.build_deployment(train, ROOT, deploy.WORK_POOL, None, deploy.TIMEZONE)
+    # what `apply` sends to the server as the deployment's parameter_openapi_schema
+    _assert_the_form_describes_the_run_spec(deployment._parameter_openapi_schema.model_dump(exclude_unset=True))
+    assert "spec" not in train.parameters, "the flow's default spec applies, so the two files never restate it"
+
+
+def test_demo_flow_form_describes_every_setting_of_the_run_spec() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.demo import demo_flow
+
+    _assert_the_form_describes_the_run_spec(parameter_schema(demo_flow.fn).model_dump_for_openapi())
+
+
 def test_prefect_yaml_pull_step_enters_the_project(prefect_yaml: dict[str, Any]) -> None:
     assert prefect_yaml["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $" + deploy.ENV_PROJECT_DIR + " }}"}}

@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models import baselines as bl
+from models import frequency
 from models.windows import SeriesPanel, window_starts
 from tasks import evaluate as ev
+from tasks.plots import plot_forecasts
 
 
 def make_panel(series: dict[str, np.ndarray], freq: str = "h") -> SeriesPanel:
@@ -114,23 +117,23 @@ def test_mase_scale_ignores_values_after_training_and_other_series() -> None:
     ],
 )
 def test_season_length(freq: str, expected: int) -> None:
-    assert ev.season_length(freq) == expected
+    assert frequency.season_length(freq) == expected
 
 
 def test_season_length_override_and_unknown() -> None:
-    assert ev.season_length("30min", override=336) == 336
+    assert frequency.season_length("30min", override=336) == 336
     with pytest.raises(ValueError, match="at least 1"):
-        ev.season_length("h", override=0)
+        frequency.season_length("h", override=0)
     with pytest.raises(ValueError, match="pass the season length explicitly"):
-        ev.season_length("fortnightly")
-    assert ev.weekly_season_length("30min") == 336
-    assert ev.weekly_season_length("h") == 168
-    assert ev.weekly_season_length("D") is None
+        frequency.season_length("fortnightly")
+    assert frequency.weekly_season_length("30min") == 336
+    assert frequency.weekly_season_length("h") == 168
+    assert frequency.weekly_season_length("D") is None
 
 
 def test_naive_repeats_the_last_input() -> None:
     values = np.arange(20.0)
-    forecasts = ev.naive_forecasts(values, np.array([0, 5, 11]), lookback=3, horizon=2)
+    forecasts = bl.naive_forecasts(values, np.array([0, 5, 11]), lookback=3, horizon=2)
     np.testing.assert_array_equal(forecasts, [[2.0, 2.0], [7.0, 7.0], [13.0, 13.0]])
 
 
@@ -138,7 +141,7 @@ def test_seasonal_naive_by_index_arithmetic() -> None:
     values = np.arange(100.0)
     starts = np.array([0, 10, 37])
     lookback, horizon, season = 6, 7, 3
-    forecasts = ev.seasonal_naive_forecasts(values, starts, lookback, horizon, season)
+    forecasts = bl.seasonal_naive_forecasts(values, starts, lookback, horizon, season)
     # origin o = s + 5; h = 1..7 -> o-2, o-1, o, o-2, o-1, o, o-2
     np.testing.assert_array_equal(forecasts[0], [3, 4, 5, 3, 4, 5, 3])
     origin = starts + lookback - 1
@@ -151,15 +154,15 @@ def test_seasonal_naive_by_index_arithmetic() -> None:
 
 def test_seasonal_naive_season_equal_to_lookback_and_one() -> None:
     values = np.arange(30.0)
-    np.testing.assert_array_equal(ev.seasonal_naive_forecasts(values, np.array([2]), 4, 5, 4), [[2, 3, 4, 5, 2]])
+    np.testing.assert_array_equal(bl.seasonal_naive_forecasts(values, np.array([2]), 4, 5, 4), [[2, 3, 4, 5, 2]])
     np.testing.assert_array_equal(
-        ev.seasonal_naive_forecasts(values, np.array([2]), 4, 3, 1), ev.naive_forecasts(values, np.array([2]), 4, 3)
+        bl.seasonal_naive_forecasts(values, np.array([2]), 4, 3, 1), bl.naive_forecasts(values, np.array([2]), 4, 3)
     )
 
 
 def test_seasonal_naive_needs_lookback_of_a_season() -> None:
     with pytest.raises(ValueError) as err:
-        ev.seasonal_naive_forecasts(np.arange(100.0), np.array([0]), lookback=24, horizon=4, season=48)
+        bl.seasonal_naive_forecasts(np.arange(100.0), np.array([0]), lookback=24, horizon=4, season=48)
     assert str(err.value) == (
         "seasonal naive with season 48 reads 48 inputs but `lookback` is 24; "
         "raise `lookback` to at least 48 or use a shorter season"
@@ -178,9 +181,9 @@ def test_seasonal_naive_is_perfect_on_a_periodic_series() -> None:
     lookback, horizon = 8, 6
     starts = window_starts(panel, lookback, horizon, train_end, panel.offsets[1:] - 1)
     evaluation = ev.evaluate_against_baselines(
-        panel, starts, ev.naive_forecasts(panel.values, starts, lookback, horizon), lookback, horizon, 4, train_end
+        panel, starts, bl.naive_forecasts(panel.values, starts, lookback, horizon), lookback, horizon, 4, train_end
     )
-    seasonal = evaluation.baselines["seasonal_naive"]
+    seasonal = evaluation.baselines["seasonal_naive_4"]
     assert seasonal.overall == {"mae": 0.0, "rmse": 0.0, "smape": 0.0, "mase": 0.0}
     # the model here is the naive forecast: its scores equal the naive baseline's
     assert evaluation.model.overall == evaluation.baselines["naive"].overall
@@ -201,8 +204,8 @@ def test_score_forecasts_hand_computed() -> None:
     assert scores.n_windows == 3
     assert scores.overall["mae"] == 1.0  # (0 + 2 + 1 + 0 + 1 + 2) / 6
     assert scores.overall["rmse"] == pytest.approx(math.sqrt(10 / 6), rel=1e-15)
-    # a's scale is 1 (steps of 1), b's is 1.0 by the constant-series rule: window MAEs 1, 0.5, 1.5
-    assert scores.overall["mase"] == pytest.approx(1.0, rel=1e-15)
+    # a's scale is 1 (steps of 1), b's is 1.0 by the constant-series rule: MASE a 0.75, b 1.5, each weighs the same
+    assert scores.overall["mase"] == pytest.approx((0.75 + 1.5) / 2, rel=1e-15)
     np.testing.assert_allclose(scores.mae_by_step, [(0 + 1 + 1) / 3, (2 + 0 + 2) / 3])
     per = scores.per_series.set_index("series_id")
     assert per.loc["a", "n_windows"] == 2 and per.loc["b", "n_windows"] == 1
@@ -260,25 +263,29 @@ def test_evaluation_metric_names_and_table() -> None:
     starts = window_starts(panel, lookback, horizon, train_end, panel.offsets[1:] - 1)
     predicted = ev.target_values(panel.values, starts, lookback, horizon) + 0.5
     evaluation = ev.evaluate_against_baselines(
-        panel, starts, predicted, lookback, horizon, 4, train_end, weekly_season=8, model_name="lstm"
+        panel, starts, predicted, lookback, horizon, 4, train_end, seasons=(8,), model_name="lstm"
     )
     metrics = evaluation.metrics()
-    expected = {f"test_{m}" for m in ev.METRIC_NAMES}
-    for baseline in ("naive", "seasonal_naive", "weekly_seasonal_naive"):
+    expected = {f"test_{m}" for m in ev.METRIC_NAMES} | {f"served_test_{m}" for m in ev.METRIC_NAMES}
+    for baseline in ("naive", "seasonal_naive_4", "seasonal_naive_8"):
         expected |= {f"{baseline}_test_{m}" for m in ev.METRIC_NAMES}
-    expected |= {f"test_mae_step_{h:02d}" for h in range(1, 13)} | {"test_windows"}
+    expected |= {"test_windows", "test_fallback_series"}
     assert set(metrics) == expected
-    assert metrics["test_mae"] == 0.5 and metrics["test_mae_step_12"] == 0.5
-    assert metrics["weekly_seasonal_naive_test_mae"] == 0.0
+    assert metrics["test_mae"] == 0.5
+    assert metrics["seasonal_naive_8_test_mae"] == 0.0
     assert metrics["test_windows"] == len(starts)
+    # seasonal naive is perfect on both periodic series: both fall back to it (the shorter season wins a tie)
+    assert evaluation.fallback == {"a": "seasonal_naive_4", "b": "seasonal_naive_4"}
+    assert metrics["test_fallback_series"] == 2 and metrics["served_test_mae"] == 0.0
+    np.testing.assert_array_equal(evaluation.mae_by_step()["lstm"], np.full(12, 0.5))
 
     table = evaluation.table()
     assert list(table.columns) == ["method", "scope", "series_id", "n_windows", "mae", "rmse", "smape", "mase"]
-    assert len(table) == 4 + 4 * 2  # 4 methods overall, then 4 methods x 2 series
-    assert list(table["method"][:4]) == ["lstm", "naive", "seasonal_naive", "weekly_seasonal_naive"]
-    # a periodic training part falls back to the naive scale: a: 23 diffs 4, 2, 4, 2, ... -> 70 / 23; b: 10
-    scale = np.where(panel.series_of(starts) == 0, 70 / 23, 10.0)
-    assert metrics["test_mase"] == pytest.approx(np.mean(0.5 / scale), rel=1e-14)
+    assert len(table) == 5 + 5 * 2  # 5 methods overall, then 5 methods x 2 series
+    assert list(table["method"][:5]) == ["lstm", "served", "naive", "seasonal_naive_4", "seasonal_naive_8"]
+    # a periodic training part falls back to the naive scale: a: 23 diffs 4, 2, 4, 2, ... -> 70 / 23; b: 10.
+    # MASE overall is the mean of per-series MASE: every series weighs the same
+    assert metrics["test_mase"] == pytest.approx(np.mean([0.5 / (70 / 23), 0.5 / 10.0]), rel=1e-14)
     rows = evaluation.table_rows()
     assert rows[0] == {
         "method": "lstm",
@@ -290,17 +297,52 @@ def test_evaluation_metric_names_and_table() -> None:
         "smape": float(f"{metrics['test_smape']:.6g}"),
         "mase": float(f"{metrics['test_mase']:.6g}"),
     }
-    assert [(r["method"], r["series_id"]) for r in rows[4:6]] == [("lstm", "a"), ("naive", "a")]
+    assert [(r["method"], r["series_id"]) for r in rows[5:7]] == [("lstm", "a"), ("served", "a")]
 
 
-def test_weekly_baseline_is_skipped_when_lookback_is_short() -> None:
+def test_seasons_longer_than_the_lookback_are_left_out() -> None:
     panel, train_end = periodic_panel()
     starts = window_starts(panel, 4, 2, train_end, panel.offsets[1:] - 1)
     predicted = ev.target_values(panel.values, starts, 4, 2)
-    evaluation = ev.evaluate_against_baselines(panel, starts, predicted, 4, 2, 4, train_end, weekly_season=8)
-    assert evaluation.weekly_season is None
-    assert list(evaluation.baselines) == ["naive", "seasonal_naive"]
-    assert not any(name.startswith("weekly") for name in evaluation.metrics())
+    evaluation = ev.evaluate_against_baselines(panel, starts, predicted, 4, 2, 4, train_end, seasons=(8, 4, 1))
+    assert list(evaluation.baselines) == ["naive", "seasonal_naive_4"]
+    assert not any("seasonal_naive_8" in name for name in evaluation.metrics())
+
+
+def test_fallback_serves_the_best_baseline_where_the_model_loses() -> None:
+    # a: a random walk the model forecasts badly; b: a smooth cycle the model forecasts exactly
+    rng = np.random.default_rng(1)
+    walk = np.cumsum(rng.normal(size=60)) + 50
+    cycle = 10 + np.sin(np.arange(60) * 2 * np.pi / 6)
+    panel = make_panel({"a": walk, "b": cycle})
+    train_end = panel.offsets[:-1] + 40
+    lookback, horizon = 12, 3
+    starts = window_starts(panel, lookback, horizon, train_end, panel.offsets[1:] - 1)
+    actual = ev.target_values(panel.values, starts, lookback, horizon)
+    series = panel.series_of(starts)
+    predicted = np.where((series == 0)[:, None], actual - 5.0, actual)  # a: 5 below every target; b: perfect
+    evaluation = ev.evaluate_against_baselines(panel, starts, predicted, lookback, horizon, 6, train_end)
+    assert evaluation.fallback == {"a": "naive"}
+    table = evaluation.series_table().set_index("series_id")
+    assert table.loc["a", "served"] == "naive" and table.loc["b", "served"] == "model"
+    assert table.loc["a", "best_baseline"] == "naive"
+    assert table.loc["a", "ratio"] > 1 and table.loc["b", "ratio"] == 0.0
+    served = evaluation.served.per_series.set_index("series_id")["mase"]
+    assert served["a"] == evaluation.baselines["naive"].per_series.set_index("series_id").loc["a", "mase"]
+    assert served["b"] == 0.0
+    # a given fallback is kept as it is (a registered model scored on new windows)
+    kept = ev.evaluate_against_baselines(panel, starts, predicted, lookback, horizon, 6, train_end, fallback={})
+    assert kept.fallback == {} and kept.served.overall == kept.model.overall
+
+
+def test_a_tie_or_a_nan_goes_to_the_baseline() -> None:
+    panel, train_end = periodic_panel()
+    starts = window_starts(panel, 8, 2, train_end, panel.offsets[1:] - 1)
+    naive = bl.naive_forecasts(panel.values, starts, 8, 2)
+    predicted = np.where((panel.series_of(starts) == 0)[:, None], np.nan, naive)  # a: NaN; b: exactly naive
+    evaluation = ev.evaluate_against_baselines(panel, starts, predicted, 8, 2, 1, train_end)
+    assert evaluation.fallback == {"a": "naive", "b": "naive"}
+    assert math.isfinite(evaluation.served.overall["mase"])
 
 
 def test_nan_forecasts_give_nan_metrics_and_null_table_cells() -> None:
@@ -327,7 +369,7 @@ def test_plot_writes_valid_pngs(tmp_path: Path) -> None:
     starts = window_starts(panel, lookback, horizon, train_end, panel.offsets[1:] - 1)
     predicted = ev.target_values(panel.values, starts, lookback, horizon) * 1.02
     evaluation = ev.evaluate_against_baselines(panel, starts, predicted, lookback, horizon, 24, train_end)
-    paths = ev.plot_forecasts(
+    paths = plot_forecasts(
         panel,
         starts,
         predicted,
@@ -335,7 +377,7 @@ def test_plot_writes_valid_pngs(tmp_path: Path) -> None:
         horizon,
         tmp_path / "plots",
         max_series=2,
-        baseline=evaluation.baseline_forecasts["seasonal_naive"],
+        baseline=evaluation.baseline_forecasts["seasonal_naive_24"],
         scores=evaluation.model,
     )
     assert len(paths) == 2
@@ -350,12 +392,15 @@ def test_plot_writes_valid_pngs(tmp_path: Path) -> None:
 
 
 def test_evaluate_task_publishes_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.windowing import WindowConfig, prepare_windows
+
     published: list[dict[str, object]] = []
     monkeypatch.setattr("prefect.artifacts.create_table_artifact", lambda **kwargs: published.append(kwargs))
-    panel, train_end = periodic_panel()
-    starts = window_starts(panel, 8, 2, train_end, panel.offsets[1:] - 1)
-    predicted = ev.target_values(panel.values, starts, 8, 2)
-    evaluation = ev.evaluate_task.fn(panel, starts, predicted, 8, 2, 4, train_end, artifact_key="gru-test")
+    ts = pd.date_range("2024-01-01", periods=80, freq="h", tz="UTC")
+    frame = pd.DataFrame({"series_id": "a", "ts": ts, "value": np.tile([3.0, 7.0, 5.0, 1.0], 20)})
+    data = prepare_windows(frame, WindowConfig(lookback=8, horizon=2))
+    predicted = ev.target_values(data.panel.values, data.test_starts, 8, 2)
+    evaluation = ev.evaluate_task.fn(data, predicted, 4, artifact_key="gru-test")
     assert evaluation.metrics()["test_mae"] == 0.0
     assert [p["key"] for p in published] == ["gru-test"]
     assert published[0]["table"] == evaluation.table_rows()

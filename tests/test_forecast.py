@@ -48,8 +48,10 @@ class Registered:
     run_id: str
 
 
-def register_tiny_model(tracking_uri: str, folder: Path, name: str) -> Registered:
-    """Train the tiny model on `synthetic_frame()`, log it, register it and make it champion."""
+def register_tiny_model(
+    tracking_uri: str, folder: Path, name: str, fallback: dict[str, str] | None = None
+) -> Registered:
+    """Train the tiny model on `synthetic_frame()`, log it (with `fallback`), register it and make it champion."""
     from models.packaging import pyfunc_input, save_forecaster
     from tasks.train import TrainConfig, fit_forecaster
     from tasks.windowing import WindowConfig, prepare_windows
@@ -60,11 +62,13 @@ def register_tiny_model(tracking_uri: str, folder: Path, name: str) -> Registere
     fit = fit_forecaster(data, config)
     experiment = registry.configure_mlflow(tracking_uri, f"forecast-tests-{uuid.uuid4().hex[:8]}", folder / "art")
     run_id = registry.start_run(experiment, "tiny", {})
-    model_dir = save_forecaster(folder / "forecaster", fit.model, data.scalers, data.freq, {"mlflow_run_id": run_id})
+    model_dir = save_forecaster(
+        folder / "forecaster", fit.model, data.scalers, data.freq, {"mlflow_run_id": run_id}, fallback=fallback
+    )
     uri = registry.log_forecaster(run_id, model_dir, pyfunc_input(frame[frame["series_id"] == "a"].tail(LOOKBACK)))
     registry.end_run(run_id)
     version = str(registry.register_model(name, uri, run_id).version)
-    registry.apply_decision(name, version, registry.PromotionDecision(True, "test model"))
+    registry.apply_decision(name, version, True, "test model")
     return Registered(name, version, run_id)
 
 
@@ -82,6 +86,27 @@ def env(db_url: str, seqcast_home: Path, mlflow_store: str, model: Registered, m
     get_settings.cache_clear()
     store.upsert_observations(store.get_engine(db_url), synthetic_frame())
     return db_url
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_fallback_series_are_written_by_their_baseline_with_its_method(
+    env: str, mlflow_store: str, tmp_path: Path
+) -> None:
+    from flows.forecast import forecast_flow
+
+    name = f"fallback-{uuid.uuid4().hex[:8]}"
+    register_tiny_model(mlflow_store, tmp_path, name, fallback={"b": "seasonal_naive_24", HOSTILE: "naive"})
+    forecast_flow(registered_model=name)
+    rows = forecasts(env)
+    rows = rows[rows["model_name"] == name]
+    methods = rows.groupby("series_id")["method"].agg(set).to_dict()
+    assert methods == {"a": {"lstm"}, "b": {"seasonal_naive_24"}, "g": {"lstm"}, HOSTILE: {"naive"}}
+    observed = synthetic_frame().set_index(["series_id", "ts"])["value"]
+    b = rows[rows["series_id"] == "b"].sort_values("step")
+    day_before = [observed[("b", target - pd.Timedelta(hours=24))] for target in b["target_ts"]]
+    np.testing.assert_allclose(b["point"], day_before)
+    hostile = rows[rows["series_id"] == HOSTILE]
+    assert (hostile["point"] == observed[(HOSTILE, at(LENGTH - 1))]).all()
 
 
 def forecasts(url: str) -> pd.DataFrame:
@@ -120,6 +145,7 @@ def test_forecast_twice_writes_the_same_rows_once(env: str, model: Registered) -
     assert (rows_2["mlflow_run_id"] == model.run_id).all()
     assert (rows_2["flow_run_id"] == second.flow_run_id).all() and second.flow_run_id != first.flow_run_id
     assert rows_2["lower"].isna().all() and rows_2["upper"].isna().all()
+    assert (rows_2["method"] == "lstm").all()  # the network's cell (TrainConfig's default) produced every row
     assert np.isfinite(rows_2["point"]).all()
     assert first.skipped == [] and first.model_version == model.version and first.mlflow_run_id == model.run_id
 
@@ -369,7 +395,9 @@ def test_cli_forecast_prints_rows_version_origin_skipped_and_query(
     assert f"{model.name} v{model.version} (MLflow run {model.run_id}), as of 2024-01-10T12:00:00+00:00" in out
     assert "origin 2024-01-10T12:00:00+00:00 for 1 series" in out
     assert "skipped 1 series\n  zzz: not in the model's training data" in out
-    assert "read them with:" in out and "select series_id, origin_ts, target_ts, step, point from forecasts" in out
+    assert (
+        "read them with:" in out and "select series_id, origin_ts, target_ts, step, point, method from forecasts" in out
+    )
 
     assert main(["forecast", "--series", "zzz", "--stale-policy", "fail"]) == 1
     err = capsys.readouterr().err

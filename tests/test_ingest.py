@@ -202,6 +202,100 @@ def test_gap_fill_policy_writes_filled_points(db_url: str, tmp_path: Path, seqca
     assert stored["value"].tolist() == [float(h) for h in range(8)]
 
 
+def test_nan_values_are_refused_with_the_fill_option_then_filled(
+    db_url: str, tmp_path: Path, baseline: list[tuple[Any, ...]]
+) -> None:
+    rows = "".join(f"2024-01-01T{h:02d}:00:00Z,{'NaN' if h in (2, 3) else h}\n" for h in range(6))
+    path = _csv(tmp_path, "nan.csv", "timestamp,load\n" + rows)
+    with pytest.raises(DataValidationError) as info:
+        ingest(str(path), db_url)
+    assert (
+        "2 of 6 values are missing or NaN in series 'nan' (2): row 3 series_id='nan' ts='2024-01-01T02:00:00Z' "
+        "value='NaN'; row 4 series_id='nan' ts='2024-01-01T03:00:00Z' value='NaN'; drop those rows, fill them at "
+        "the source, or use gap_policy='fill' with max_gap_steps=2 (--gap-policy fill --max-gap-steps 2) to "
+        "interpolate them"
+    ) in str(info.value)
+    assert _snapshot(db_url) == baseline
+    result = ingest(str(path), db_url, gap_policy="fill", max_gap_steps=2)
+    assert result.new == 6 and (result.report.filled_points, result.report.filled_nan) == (2, 2)
+    stored = store.read_observations(store.get_engine(db_url), series_ids=["nan"])
+    assert stored["value"].tolist() == [float(h) for h in range(6)]
+
+
+def test_trailing_nan_is_refused_under_fill_and_writes_nothing(
+    db_url: str, tmp_path: Path, baseline: list[tuple[Any, ...]]
+) -> None:
+    path = _csv(tmp_path, "tail.csv", "ts,value\n2024-01-01,1\n2024-01-02,NaN\n2024-01-03,3\n2024-01-04,\n")
+    with pytest.raises(DataValidationError) as info:
+        ingest(str(path), db_url, gap_policy="fill", max_gap_steps=5)
+    assert (
+        "1 of 4 values are missing or NaN in series 'tail' (1): row 4 series_id='tail' ts='2024-01-04' value=''; "
+        "they are at the start or end of series 'tail', where there is no value on one side to interpolate from: "
+        "drop those rows or fill them at the source"
+    ) in str(info.value)
+    assert _snapshot(db_url) == baseline
+
+
+def _nyse_close_csv(tmp_path: Path, name: str, start: str, end: str) -> tuple[Path, pd.DatetimeIndex]:
+    """A stock close on NYSE trading days, as a data vendor ships it (`date,close`, no holiday rows)."""
+    from models.frequency import to_offset
+
+    days = pd.date_range(start, end, freq=to_offset("B-NYSE"))
+    rows = "".join(f"{d:%Y-%m-%d},{100 + i * 0.5}\n" for i, d in enumerate(days))
+    return _csv(tmp_path, name, "date,close\n" + rows), days
+
+
+@pytest.mark.parametrize("calendar", [None, "NYSE"])
+def test_stock_close_on_trading_days_ingests_without_invented_days(
+    db_url: str, tmp_path: Path, seqcast_home: Path, calendar: str | None
+) -> None:
+    path, days = _nyse_close_csv(tmp_path, "spx.csv", "2023-11-01", "2024-12-31")
+    result = ingest(str(path), db_url, calendar=calendar)
+    assert result.new == len(days) and result.report.filled_points == 0
+    [series] = result.report.series
+    assert (series.freq, series.gaps) == ("B-NYSE", 0)
+    assert result.report.calendar == calendar
+    stored = store.read_observations(store.get_engine(db_url), series_ids=["spx"])
+    assert stored["ts"].dt.tz_localize(None).tolist() == list(days)
+    holidays = pd.to_datetime(["2024-07-04", "2024-12-25"], utc=True)
+    assert not stored["ts"].isin(holidays).any()
+
+
+def test_declared_calendar_refuses_a_row_on_a_holiday_and_writes_nothing(
+    db_url: str, tmp_path: Path, baseline: list[tuple[Any, ...]]
+) -> None:
+    path = _csv(tmp_path, "carried.csv", "date,close\n2024-07-02,1\n2024-07-03,2\n2024-07-04,2\n2024-07-05,3\n")
+    with pytest.raises(DataValidationError) as info:
+        ingest(str(path), db_url, calendar="NYSE")
+    assert (
+        "series 'carried' (B-NYSE) has 1 off-grid steps: e.g. row 3 series_id='carried' ts='2024-07-04' "
+        "value='2'; with calendar='NYSE' every row must fall on a NYSE trading day (no weekend, no holiday) at one "
+        "time of day: drop the other rows, or ingest without --calendar"
+    ) in str(info.value)
+    assert _snapshot(db_url) == baseline
+
+
+def test_cli_ingest_with_calendar_and_fill(
+    db_url: str, tmp_path: Path, seqcast_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    path, days = _nyse_close_csv(tmp_path, "spx.csv", "2024-06-03", "2024-07-31")
+    lines = path.read_text().splitlines()
+    lines[5] = lines[5].split(",")[0] + ",NaN"  # a NaN close
+    del lines[10]  # and a trading day missing
+    path.write_text("\n".join(lines) + "\n")
+    args = ["ingest", "--source", str(path), "--calendar", "NYSE", "--database-url", db_url]
+    assert main([*args, "--gap-policy", "fill", "--max-gap-steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"{len(days)} new, 0 updated, 0 unchanged (1 series, 2 points filled (1 of them NaN values), NYSE trading "
+        in out
+    )
+    assert main(["ingest", "--source", str(path), "--calendar", "MOON", "--database-url", db_url]) == 1
+    assert "calendar='MOON' is not an exchange with a trading calendar" in capsys.readouterr().err
+
+
 def test_too_short_series_is_refused(db_url: str, baseline: list[tuple[Any, ...]]) -> None:
     with pytest.raises(DataValidationError) as info:
         ingest("sample:electricity", db_url, min_length={"lookback": 4000, "horizon": 48, "test": 96})
@@ -299,6 +393,17 @@ def test_ingest_flow_writes_and_publishes_the_validation_artifact(flow_env: str)
     assert read_report(Path(result["validation_report"]))["success"] is True
     artifact = Artifact.get("validation-report")
     assert artifact is not None and "Validation passed: sample:electricity" in str(artifact.data)
+
+
+@pytest.mark.integration
+def test_ingest_flow_takes_a_calendar(flow_env: str, tmp_path: Path) -> None:
+    from flows.ingest import ingest_flow
+
+    path, days = _nyse_close_csv(tmp_path, "spx.csv", "2024-06-03", "2024-07-31")
+    result = ingest_flow(source=str(path), calendar="NYSE")
+    assert result["new"] == len(days)
+    report = read_report(Path(result["validation_report"]))
+    assert report["calendar"] == "NYSE" and report["series"][0]["freq"] == "B-NYSE"
 
 
 @pytest.mark.integration

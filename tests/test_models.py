@@ -233,7 +233,8 @@ def test_forecast_frame_uses_the_last_lookback_rows(trained: FitResult, sine_dat
     loaded = loaded_from(trained, sine_data)
     frame = sine_frame()
     out = forecast_frame(loaded, frame.sample(frac=1.0, random_state=1))  # row order does not matter
-    assert list(out.columns) == ["series_id", "origin_ts", "target_ts", "step", "point"]
+    assert list(out.columns) == ["series_id", "origin_ts", "target_ts", "step", "point", "method"]
+    assert (out["method"] == "lstm").all()
     assert len(out) == 2 * HORIZON
     last = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(hours=299)
     assert (out["origin_ts"] == last).all()
@@ -303,9 +304,94 @@ def test_pyfunc_model_forecasts_in_original_units(trained: FitResult, sine_data:
     )
     model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
     out = model.predict(frame)
-    assert list(out.columns) == ["series_id", "origin_ts", "target_ts", "step", "point"]
+    assert list(out.columns) == ["series_id", "origin_ts", "target_ts", "step", "point", "method"]
+    assert (out["method"] == "lstm").all()
     last = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(hours=299)
     assert (pd.to_datetime(out["origin_ts"], utc=True) == last).all()
     assert (pd.to_datetime(out["target_ts"], utc=True) == last + pd.to_timedelta(out["step"], unit="h")).all()
     np.testing.assert_allclose(out["point"].to_numpy(), direct["point"].to_numpy(), rtol=1e-6)
     assert abs(out.loc[out["series_id"] == "s1", "point"].mean() - 100.0) < 20.0
+
+
+def test_fallback_series_are_served_by_their_baseline_and_say_so(
+    trained: FitResult, sine_data: WindowedData, tmp_path: Path
+) -> None:
+    folder = save_forecaster(
+        tmp_path / "model", trained.model, sine_data.scalers, sine_data.freq, fallback={"s2": "seasonal_naive_12"}
+    )
+    loaded = load_forecaster(folder)
+    assert loaded.fallback == {"s2": "seasonal_naive_12"}
+    frame = sine_frame()
+    out = forecast_frame(loaded, frame)
+    by_series = {sid: part for sid, part in out.groupby("series_id")}
+    assert (by_series["s1"]["method"] == "lstm").all() and (by_series["s2"]["method"] == "seasonal_naive_12").all()
+    s2 = frame[frame.series_id == "s2"]["value"].to_numpy()
+    np.testing.assert_array_equal(by_series["s2"]["point"].to_numpy(), s2[-12:][:HORIZON])  # the value a day before
+    network = forecast_frame(loaded_from(trained, sine_data), frame)
+    np.testing.assert_array_equal(by_series["s1"]["point"], network[network.series_id == "s1"]["point"])
+    # the fallback map is covered by the manifest: editing it is refused like editing the weights
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace("seasonal_naive_12", "naive"))
+    with pytest.raises(ArtifactIntegrityError, match=r"config\.json in .* has sha256"):
+        load_forecaster(folder)
+
+
+def test_a_fallback_must_be_a_baseline_the_window_can_serve(trained: FitResult, sine_data: WindowedData) -> None:
+    for fallback, message in (
+        ({"s2": "seasonal_naive_48"}, r"fallback of series 's2': seasonal naive with season 48 reads 48 inputs"),
+        ({"s2": "arima"}, r"fallback of series 's2': unknown baseline method 'arima'"),
+        ({"nope": "naive"}, r"fallback for series 'nope', which is not in the model's training data"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            save_forecaster(Path("unused"), trained.model, sine_data.scalers, sine_data.freq, fallback=fallback)
+
+
+def test_models_saved_before_scaling_and_fallback_load_as_before(
+    trained: FitResult, sine_data: WindowedData, tmp_path: Path
+) -> None:
+    import hashlib
+    import json
+
+    folder = save_forecaster(tmp_path / "model", trained.model, sine_data.scalers, sine_data.freq)
+    config = json.loads((folder / "config.json").read_text())
+    del config["fallback"], config["forecaster"]["scaling"]
+    (folder / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["config.json"]["sha256"] = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_forecaster(folder)
+    assert loaded.config.scaling == "series" and loaded.fallback == {}
+
+
+@pytest.mark.parametrize("scaling", ["last", "window"])
+def test_window_scaling_forecasts_from_where_the_series_is_now(scaling: str) -> None:
+    # The network reads the window relative to its own level: shifting a window by a constant shifts the forecast
+    # by the same constant, whatever level training saw.
+    config = ForecasterConfig(cell="gru", lookback=LOOKBACK, horizon=HORIZON, hidden_size=8, scaling=scaling)
+    torch.manual_seed(0)
+    model = RecurrentForecaster(config).eval()
+    x = torch.randn(4, LOOKBACK, 1)
+    with torch.inference_mode():
+        base, shifted = model(x), model(x + 25.0)
+    torch.testing.assert_close(shifted, base + 25.0, rtol=0, atol=1e-4)
+    if scaling == "window":  # RevIN: scaling the window scales the forecast around its mean
+        with torch.inference_mode():
+            torch.testing.assert_close(model(x * 3.0), base * 3.0, rtol=1e-4, atol=1e-4)
+
+
+def test_a_trending_series_is_forecast_near_its_last_value() -> None:
+    # A series that rises every year: its test part lies above anything training saw. With the default scaling
+    # the forecast at the last origin starts near the last value instead of falling back to the training range.
+    n = 52 * 6
+    t = np.arange(n, dtype=np.float64)
+    rng = np.random.default_rng(3)
+    value = 10 + 0.2 * t + 3 * np.sin(2 * np.pi * t / 52) + rng.normal(0, 0.3, n)
+    ts = pd.date_range("2019-01-06", periods=n, freq="W-SUN", tz="UTC")
+    frame = pd.DataFrame({"series_id": "rising", "ts": ts, "value": value})
+    data = prepare_windows(frame, WindowConfig(lookback=52, horizon=4, test_fraction=0.2, val_fraction=0.1))
+    assert value[-1] > data.panel.values[: data.splits.train_end[0]].max() + 10  # far above the training range
+    fit = fit_forecaster(data, TrainConfig(cell="gru", max_epochs=15, num_threads=1, device="cpu"))
+    loaded = loaded_from(fit, data)
+    points = forecast_origins(loaded, data.panel, np.array([0]), data.panel.lengths - 1)
+    spread = value[-52:].std()
+    assert abs(points[0, 0] - value[-1]) < spread, (points[0], value[-1])

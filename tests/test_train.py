@@ -157,28 +157,6 @@ def test_each_cell_gets_its_own_default_batch_and_an_explicit_one_wins() -> None
     assert batches["gru"][0] == 64 and sum(batches["gru"]) == n_train
 
 
-def test_flow_and_cli_defaults_are_the_trainer_defaults() -> None:
-    """One set of defaults: the train/demo flows (Prefect UI forms) and the CLI show TrainConfig's."""
-    import inspect
-
-    from flows.cli import cli
-    from flows.demo import demo_flow
-    from flows.train import train_flow
-
-    defaults = TrainConfig()
-    names = ["hidden_size", "num_layers", "batch_size", "max_epochs", "learning_rate", "patience", "seed", "device"]
-    names += ["dropout", "head", "loss"]
-    train = inspect.signature(train_flow.fn).parameters
-    assert {n: train[n].default for n in names} == {n: getattr(defaults, n) for n in names}
-    demo = inspect.signature(demo_flow.fn).parameters
-    assert {n: demo[n].default for n in names if n in demo} == {n: getattr(defaults, n) for n in names if n in demo}
-    for command in ("train", "demo"):
-        options = {p.name: p.default for p in cli.commands[command].params}
-        shown = {n: options[n] for n in names if n in options}
-        assert shown == {n: getattr(defaults, n) for n in shown}, command
-        assert {"hidden_size", "num_layers", "batch_size", "max_epochs"} <= set(shown)
-
-
 def test_config_is_validated_and_cuda_refused_without_a_gpu() -> None:
     with pytest.raises(ValueError):
         TrainConfig(loss="mae")  # type: ignore[arg-type]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from models.frequency import default_eval_stride
 from tasks import registry, store
+from tasks.spec import RunSpec
 from tasks.validate import DataValidationError
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
-TINY = {"lookback": 48, "horizon": 12, "hidden_size": 8, "num_layers": 1, "max_epochs": 1, "batch_size": 256}
+TINY = RunSpec(
+    window={"lookback": 48, "horizon": 12},
+    model={"hidden_size": 8, "num_layers": 1},
+    training={"max_epochs": 1, "batch_size": 256},
+)
 
 
 @pytest.fixture
@@ -45,7 +52,7 @@ def test_train_flow_logs_lstm_and_gru_children_and_registers_one_version(train_e
     from flows.train import train_flow
 
     store.upsert_observations(store.get_engine(db_url), _electricity())
-    summary = train_flow(**TINY)
+    summary = train_flow(TINY)
 
     assert [c.cell for c in summary.candidates] == ["lstm", "gru"]
     client = registry.get_client()
@@ -54,9 +61,17 @@ def test_train_flow_logs_lstm_and_gru_children_and_registers_one_version(train_e
     )
     assert sorted(r.data.tags["seqcast.cell"] for r in children) == ["gru", "lstm"]
     for run in children:
-        assert {"test_mae", "test_mase", "seasonal_naive_test_mase", "train_loss"} <= set(run.data.metrics)
+        assert {"test_mae", "test_mase", "seasonal_naive_48_test_mase", "train_loss"} <= set(run.data.metrics)
     parent = client.get_run(summary.parent_run_id)
     assert parent.data.tags["seqcast.trigger"] == "manual" and "data.test_start" in parent.data.tags
+    # the resolved spec, with the values the run used where the spec left them to the data
+    params = parent.data.params
+    assert (params["window.lookback"], params["window.horizon"], params["model.hidden_size"]) == ("48", "12", "8")
+    test_length = math.ceil(0.2 * 20 * 48)  # the test part of 20 days of half-hours
+    assert params["window.eval_stride"] == str(default_eval_stride("30min", test_length, 12))
+    assert params["evaluation.seasons"] == "[48]", "the weekly season does not fit in a lookback of 48"
+    assert params["training.batch_size"] == '{"lstm": 256, "gru": 256}' and params["model.head"] == "per_step"
+    assert "None" not in params.values() and "null" not in params.values()
     versions = client.search_model_versions(f"name = '{train_env}'")
     assert [str(v.version) for v in versions] == [summary.version]
     alias = registry.get_alias(train_env, summary.alias)
@@ -68,7 +83,21 @@ def test_a_series_too_short_for_the_window_stops_before_anything_is_registered(t
 
     store.upsert_observations(store.get_engine(db_url), _electricity(days=1))
     with pytest.raises(DataValidationError, match="england_wales_demand"):
-        train_flow(**TINY)
+        train_flow(TINY)
+    assert registry.get_client().search_model_versions(f"name = '{train_env}'") == []
+
+
+def test_a_series_too_short_for_the_default_window_names_it_and_the_option(train_env: str, db_url: str) -> None:
+    from flows.train import train_flow
+
+    store.upsert_observations(store.get_engine(db_url), _electricity(days=9))  # 432 half-hours: under a week + 3 days
+    with pytest.raises(DataValidationError) as info:
+        train_flow(RunSpec(training={"max_epochs": 1}))
+    message = str(info.value)
+    assert "series 'england_wales_demand' has 432 observations" in message
+    assert (
+        "lookback (336) + horizon (48) + validation (48) + test (48) needs 480" in message and "--lookback" in message
+    )
     assert registry.get_client().search_model_versions(f"name = '{train_env}'") == []
 
 
@@ -78,7 +107,7 @@ def test_a_gap_in_stored_observations_stops_the_flow_before_training(train_env: 
     frame = _electricity()
     store.upsert_observations(store.get_engine(db_url), frame.drop(index=[300, 301, 302]))
     with pytest.raises(DataValidationError, match="gap"):
-        train_flow(**TINY)
+        train_flow(TINY)
     experiment = registry.get_client().get_experiment_by_name(train_env)
     assert experiment is None or registry.get_client().search_runs([experiment.experiment_id]) == []
 
@@ -100,7 +129,7 @@ def test_a_training_failure_marks_its_mlflow_runs_failed_and_registers_nothing(
     monkeypatch.setattr(tasks.train, "fit_forecaster", diverge_on_gru)
     store.upsert_observations(store.get_engine(db_url), _electricity())
     with pytest.raises(tasks.train.TrainingDivergedError, match="gru training diverged"):
-        train_flow(**TINY)
+        train_flow(TINY)
 
     client = registry.get_client()
     experiment = client.get_experiment_by_name(train_env)

@@ -260,8 +260,128 @@ def test_passed_report_is_saved_too(seqcast_home: Path) -> None:
         ({"max_gap_steps": -1}, "max_gap_steps=-1 must be a whole number >= 0"),
         ({"tz": "Mars/Olympus"}, "tz='Mars/Olympus' is not a time zone name"),
         ({"min_length": 0}, "min_length=0 must be >= 1"),
+        ({"calendar": "MOON"}, "calendar='MOON' is not an exchange with a trading calendar; use one of ASX, B3,"),
     ],
 )
 def test_bad_arguments_say_the_fix(tmp_path: Path, kwargs: dict[str, object], phrase: str) -> None:
     with pytest.raises(ValueError, match=phrase.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         validate_observations(_hourly("a", 3), report_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+# --- NaN values under the gap policies ------------------------------------------------------------------------
+
+
+def _with_nan(n: int, nan_at: list[int]) -> pd.DataFrame:
+    frame = _hourly("a", n)
+    frame["value"] = frame["value"].astype(str)
+    frame.loc[nan_at, "value"] = "NaN"
+    return frame
+
+
+def test_nan_under_fail_names_the_rows_and_the_option_that_fills_them(tmp_path: Path) -> None:
+    error = _fail(_with_nan(8, [2, 3]), tmp_path)
+    assert _failed_checks(error) == {"value_not_null"}
+    assert (
+        "2 of 8 values are missing or NaN in series 'a' (2): row 3 series_id='a' ts='2024-01-01T02:00:00' "
+        "value='NaN'; row 4 series_id='a' ts='2024-01-01T03:00:00' value='NaN'; drop those rows, fill them at the "
+        "source, or use gap_policy='fill' with max_gap_steps=2 (--gap-policy fill --max-gap-steps 2) to "
+        "interpolate them [expect_column_values_to_not_be_null on chk_value_present]"
+    ) in str(error)
+
+
+def test_nan_fill_interpolates_linearly_and_reports_the_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="tasks.validate"):
+        clean, report = validate_observations(
+            _with_nan(8, [2, 3, 6]), gap_policy="fill", max_gap_steps=2, report_dir=tmp_path
+        )
+    assert clean["value"].tolist() == [float(i) for i in range(8)]
+    assert len(clean) == 8 and clean["ts"].diff().dropna().eq(pd.Timedelta(hours=1)).all()
+    assert (report.filled_points, report.filled_nan) == (3, 3)
+    assert (report.series[0].filled, report.series[0].filled_nan, report.series[0].nan_values) == (3, 3, 3)
+    assert "3 points filled (3 of them NaN values)" in report.to_markdown()
+    assert "filled 0 missing points and 3 NaN values" in caplog.text
+
+
+def test_typed_nan_is_filled_too(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"series_id": "a", "ts": pd.date_range("2024-01-01", periods=4, freq="D", tz="UTC"), "value": [1, np.nan, 3, 4]}
+    )
+    clean, report = validate_observations(frame, gap_policy="fill", max_gap_steps=1, report_dir=tmp_path)
+    assert clean["value"].tolist() == [1.0, 2.0, 3.0, 4.0] and report.filled_nan == 1
+
+
+def test_nan_next_to_a_gap_counts_as_one_run(tmp_path: Path) -> None:
+    frame = _with_nan(8, [2]).drop(index=[3, 4])  # 02:00 NaN, 03:00 and 04:00 missing: a run of 3
+    error = _fail(frame, tmp_path, gap_policy="fill", max_gap_steps=2)
+    assert _failed_checks(error) == {"gaps"}
+    assert (
+        "series 'a' (h) has 1 gaps, 2 missing steps, the largest 2, and 1 NaN values; the longest run of missing "
+        "steps and NaN values is 3 (first gaps end at row 4 series_id='a' ts='2024-01-01T05:00:00' value='5.0'); "
+        "max_gap_steps=2 is too small for these; raise it or fix the source"
+    ) in str(error)
+    clean, report = validate_observations(frame, gap_policy="fill", max_gap_steps=3, report_dir=tmp_path)
+    assert clean["value"].tolist() == [float(i) for i in range(8)]
+    assert (report.filled_points, report.filled_nan) == (3, 1)
+
+
+@pytest.mark.parametrize("nan_at", [[0], [7], [6, 7]])
+def test_nan_at_the_start_or_end_cannot_be_filled(tmp_path: Path, nan_at: list[int]) -> None:
+    error = _fail(_with_nan(8, nan_at), tmp_path, gap_policy="fill", max_gap_steps=3)
+    assert _failed_checks(error) == {"value_not_null"}
+    assert f"{len(nan_at)} of 8 values are missing or NaN in series 'a' ({len(nan_at)}): row {nan_at[0] + 1} " in str(
+        error
+    )
+    assert (
+        "; they are at the start or end of series 'a', where there is no value on one side to interpolate from: "
+        "drop those rows or fill them at the source"
+    ) in str(error)
+
+
+def test_nan_under_fail_at_the_start_says_it_cannot_be_interpolated(tmp_path: Path) -> None:
+    error = _fail(_with_nan(8, [0]), tmp_path)
+    assert str(error).endswith(
+        "1 of 8 values are missing or NaN in series 'a' (1): row 1 series_id='a' ts='2024-01-01T00:00:00' "
+        "value='NaN'; the first or last value of a series cannot be interpolated: drop those rows or fill them at "
+        "the source [expect_column_values_to_not_be_null on chk_value_present]"
+    )
+
+
+@pytest.mark.parametrize(("value", "check"), [("abc", "value_numeric"), ("inf", "value_finite")])
+def test_text_and_inf_stay_refused_under_fill(tmp_path: Path, value: str, check: str) -> None:
+    frame = _with_nan(8, [2])
+    frame.loc[4, "value"] = value
+    assert _failed_checks(_fail(frame, tmp_path, gap_policy="fill", max_gap_steps=3)) == {check}
+
+
+# --- trading calendars ------------------------------------------------------------------------------------------
+
+
+def _nyse_days(start: str, end: str) -> pd.DatetimeIndex:
+    from models.frequency import to_offset
+
+    return pd.date_range(start, end, freq=to_offset("B-NYSE"))
+
+
+def test_trading_days_pass_without_and_with_a_declared_calendar(tmp_path: Path) -> None:
+    days = _nyse_days("2024-06-03", "2024-07-31")  # Juneteenth and the 4th of July are missing
+    frame = pd.DataFrame({"series_id": "spx", "ts": days, "value": np.arange(len(days), dtype=float)})
+    _, detected = validate_observations(frame, report_dir=tmp_path)
+    assert detected.series[0].freq == "B-NYSE" and detected.series[0].gaps == 0 and detected.calendar is None
+    _, declared = validate_observations(frame, calendar="nyse", report_dir=tmp_path)
+    assert declared.series[0].freq == "B-NYSE" and declared.calendar == "NYSE"
+    assert "trading calendar NYSE" in declared.to_markdown()
+
+
+def test_declared_calendar_counts_a_missing_trading_day_as_a_gap(tmp_path: Path) -> None:
+    days = _nyse_days("2024-06-03", "2024-07-31")
+    frame = pd.DataFrame({"series_id": "spx", "ts": days, "value": np.arange(len(days), dtype=float)})
+    frame = frame[frame["ts"] != pd.Timestamp("2024-07-05")]  # the day after the 4th: a gap of 1, not 2
+    error = _fail(frame, tmp_path, calendar="NYSE")
+    assert _failed_checks(error) == {"gaps"}
+    assert "series 'spx' (B-NYSE) has 1 gaps, 1 missing steps, the largest 1" in str(error)
+    clean, report = validate_observations(
+        frame, calendar="NYSE", gap_policy="fill", max_gap_steps=1, report_dir=tmp_path
+    )
+    assert report.filled_points == 1 and clean["ts"].dt.tz_localize(None).tolist() == list(days)
+    # interpolated in trading days: halfway between the 3rd and the 8th, as the 4th and the weekend are no steps
+    assert clean.loc[clean["ts"] == pd.Timestamp("2024-07-05", tz="UTC"), "value"].tolist() == [22.0]

@@ -92,13 +92,11 @@ def champion(
         get_settings.cache_clear()
         try:
             from flows.train import train_flow
+            from tasks.spec import RunSpec
 
             train_flow(
+                RunSpec(window={"lookback": 48, "horizon": 12}, model={"cells": ["gru"]}, training={"max_epochs": 1}),
                 series=[SERIES],
-                cells=["gru"],
-                lookback=48,
-                horizon=12,
-                max_epochs=1,
                 as_of=LAST_TS.to_pydatetime(),
             )
             name = get_settings().registered_model
