@@ -9,21 +9,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
 
 from tasks import evaluate, gate, plots, registry
 from tasks.run_context import Trigger, resolve_run_context
 from tasks.settings import get_settings
-from tasks.spec import RunSpec, resolve_for_frame
+from tasks.spec import RunSpec
 from tasks.store import read_observations_task
 from tasks.train import train_candidate_task
 from tasks.validate import validate_observations_task
-from tasks.windowing import make_windows_task
+from tasks.windowing import make_windows_task, resolve_spec_task
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 
 @dataclass
@@ -60,18 +59,6 @@ def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
     closed = registry.fail_open_runs(settings.tracking_uri, experiment, str(flow_run.id))
     if closed:
         logging.getLogger(__name__).warning("marked %d MLflow runs FAILED: %s", len(closed), ", ".join(closed))
-
-
-@task(name="resolve-spec", cache_policy=NO_CACHE)
-def resolve_spec_task(spec: RunSpec, frame: pd.DataFrame, freq: str | None = None) -> RunSpec:
-    """Prefect wrapper of `tasks.spec.resolve_for_frame`; not retried (bad data fails the same way again)."""
-    return resolve_for_frame(spec, frame, freq)
-
-
-@task(name="log-params", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def log_params_task(run_id: str, params: dict[str, Any]) -> None:
-    """Prefect wrapper of `registry.log_params`."""
-    registry.log_params(run_id, params)
 
 
 @flow(name="seqcast-train", log_prints=True, on_failure=[close_failed_runs], on_crashed=[close_failed_runs])
@@ -120,7 +107,7 @@ def train_flow(
     run_tags = context.mlflow_tags()
     parent_run_id = registry.start_run_task(experiment_id, f"train {context.as_of:%Y-%m-%d %H:%M}", run_tags)
     registry.log_training_data_task(parent_run_id, frame, data, {"seqcast.validation": str(report.json_path)})
-    log_params_task(parent_run_id, spec.mlflow_params())
+    registry.log_params_task(parent_run_id, spec.mlflow_params())
 
     baseline_seasons = spec.evaluation.seasons or []
     candidates: list[CandidateSummary] = []

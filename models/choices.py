@@ -16,3 +16,8 @@ Head = Literal["last", "per_step"]
 #   last_level: as "last", with the series-scaled values as a second input channel, so the network still sees
 #           where in its usual range the series is (what "series" knows) while forecasting from the last value.
 Scaling = Literal["series", "last", "window", "last_level"]
+# What training may be asked for: a scaling, or "auto": train with each of `AUTO_SCALINGS` and keep the one with
+# the lower validation loss (both losses are in the same series-scaled units), so a trending series gets "last"
+# and a stationary one keeps "series" without anyone looking at the data first.
+ScalingChoice = Literal["auto", "series", "last", "window", "last_level"]
+AUTO_SCALINGS: tuple[Scaling, ...] = ("series", "last")

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tasks.windowing import WindowedData
 
 from models.baselines import as_starts, baseline_forecasts, baseline_methods, serve_with_fallback
-from models.frequency import infer_freq, season_length, seasons
+from models.frequency import infer_freq, season_length
 from models.packaging import LoadedForecaster, forecast_origins
 from models.windows import SeriesPanel
 
@@ -499,12 +499,10 @@ def forecast_test_windows_task(fit: FitResult, data: WindowedData) -> np.ndarray
 
 @dataclass(frozen=True)
 class Seasons:
-    """The season of MASE's scale, and every season a seasonal-naive baseline is scored at (those longer than
-    the lookback are left out when the baselines are built)."""
+    """The data's frequency and the season of MASE's scale (the seasonal-naive seasons come from the run spec)."""
 
     freq: str
     season: int
-    all: tuple[int, ...]
 
 
 def seasons_for(frame: pd.DataFrame, override: int | None = None) -> Seasons:
@@ -512,8 +510,7 @@ def seasons_for(frame: pd.DataFrame, override: int | None = None) -> Seasons:
     first = frame["series_id"].iloc[0]
     ts = pd.DatetimeIndex(frame.loc[frame["series_id"] == first, "ts"]).sort_values()
     freq = infer_freq(ts)
-    season = season_length(freq, override)
-    return Seasons(freq=freq, season=season, all=tuple(sorted({season, *seasons(freq)})))
+    return Seasons(freq=freq, season=season_length(freq, override))
 
 
 @task(name="seasons", cache_policy=NO_CACHE)

@@ -134,6 +134,11 @@ def log_params(run_id: str, params: dict[str, Any]) -> None:
     get_client().log_batch(run_id, params=items)
 
 
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_params_task(run_id: str, params: dict[str, Any]) -> None:
+    log_params(run_id, params)
+
+
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     """Log finite metrics in one call; NaN/inf values are skipped (MLflow would refuse the batch)."""
     import time
@@ -333,6 +338,7 @@ def log_candidate(
             "epochs": len(fit.history),
             "train_seconds": fit.seconds,
             "train_windows_per_second": fit.windows_per_second,
+            **{f"scaling_val_loss_{s}": v for s, v in fit.extra.get("scaling_val_loss", {}).items()},
         }
     )
     log_metrics(run_id, metrics)

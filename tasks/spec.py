@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.choices import Cell, Scaling
+from models.choices import Cell, ScalingChoice
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from tasks.train import TrainConfig
     from tasks.windowing import WindowConfig
 
-# How windows are normalised inside the network (see models/choices.py); "series" until the accuracy panel decides.
-DEFAULT_SCALING: Scaling = "series"
+# How windows are normalised inside the network (see models/choices.py); "auto" won the accuracy panel
+# (docs/benchmarks.md).
+DEFAULT_SCALING: ScalingChoice = "auto"
 
 
 class _Part(BaseModel):
@@ -93,10 +94,12 @@ class ModelSpec(_Part):
         description="Output layer. last: the last hidden state gives all horizon steps; per_step: each of the "
         "last horizon hidden states gives one step; auto: per_step when lookback >= horizon, else last.",
     )
-    scaling: Scaling = Field(
+    scaling: ScalingChoice = Field(
         default=DEFAULT_SCALING,
         description="Window normalisation inside the network. series: the series' training mean and std; last: "
-        "forecast the change from the window's last value; window: the window's own mean and std.",
+        "forecast the change from the window's last value (follows trends and level shifts); window: the window's "
+        "own mean and std; last_level: last, plus the series-scaled level as a second input; auto: train with "
+        "series and with last, keep the lower validation loss.",
     )
 
     @model_validator(mode="after")

@@ -8,10 +8,13 @@ read once per epoch. No DataLoader, no per-sample Python, no per-step `.item()`.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +25,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.choices import Cell, Scaling
+from models.choices import AUTO_SCALINGS, Cell, Scaling, ScalingChoice
 from models.forecaster import (
     ForecasterConfig,
     RecurrentForecaster,
@@ -81,7 +84,7 @@ class TrainConfig(BaseModel):
     num_layers: int = Field(default=_MODEL.num_layers, ge=1, le=16)
     dropout: float = Field(default=_MODEL.dropout, ge=0.0, lt=1.0)
     head: Literal["auto", "last", "per_step"] = _MODEL.head
-    scaling: Scaling = _MODEL.scaling
+    scaling: ScalingChoice = _MODEL.scaling
     batch_size: int | None = Field(default=_TRAINING.batch_size, ge=1, le=1_000_000)
     max_epochs: int = Field(default=_TRAINING.max_epochs, ge=1, le=100_000)
     learning_rate: float = Field(default=_TRAINING.learning_rate, gt=0.0, le=10.0)
@@ -104,6 +107,8 @@ class TrainConfig(BaseModel):
         return self.batch_size or DEFAULT_BATCH_SIZE[self.cell]
 
     def forecaster_config(self, lookback: int, horizon: int) -> ForecasterConfig:
+        if self.scaling == "auto":
+            raise ValueError("scaling 'auto' trains one network per scaling; build each with a concrete scaling")
         return ForecasterConfig(
             cell=self.cell,
             lookback=lookback,
@@ -141,6 +146,7 @@ class FitResult:
 
 
 SMALL_STEP_WORK = 32_768
+_INIT_LOCK = threading.Lock()
 
 
 def training_threads(config: TrainConfig, device: torch.device) -> int | None:
@@ -204,8 +210,59 @@ def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallb
 
     `on_epoch(record)` is called after every epoch with {epoch, train_loss, val_loss, seconds, learning_rate}
     (e.g. `tasks.registry.epoch_logger(run_id)` logs them to MLflow). Raises `TrainingDivergedError` on a
-    NaN, infinite or exploding loss.
+    NaN, infinite or exploding loss. With scaling "auto" see `fit_auto_scaling`.
     """
+    if config.scaling == "auto":
+        return fit_auto_scaling(data, config, on_epoch)
+    return _fit(data, config, on_epoch)
+
+
+def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
+    """Train one network per scaling in `AUTO_SCALINGS` (same seed) and keep the one with the lower best
+    validation loss; validation windows lie after the training part, so a series that trends away from its
+    training range picks a scaling that follows it, with no look at the test part.
+
+    Each try's epochs reach `on_epoch` with its scaling as a suffix (`val_loss_last`); the winner's are then
+    replayed under the plain names, so a run's `train_loss` / `val_loss` curves are the model it keeps.
+    Small networks on the CPU train the tries side by side, one thread each (the results are those of training
+    them one after the other: weights are initialised under a lock from the seed, batches are shuffled by each
+    fit's own generator, and without dropout nothing else draws random numbers).
+    """
+
+    def fit_one(scaling: Scaling) -> FitResult:
+        def tagged(record: dict[str, float]) -> None:
+            if on_epoch is not None:
+                on_epoch({"epoch": record["epoch"], **{f"{k}_{scaling}": v for k, v in record.items() if k != "epoch"}})
+
+        return _fit(data, config.model_copy(update={"scaling": scaling}), tagged)
+
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    side_by_side = device.type == "cpu" and config.dropout == 0.0 and training_threads(config, device) == 1
+    if side_by_side:  # one thread each on their own core: the second try costs little wall time
+        with _cpu_threads(1), ThreadPoolExecutor(len(AUTO_SCALINGS), thread_name_prefix="seqcast-fit") as pool:
+            futures = {s: pool.submit(contextvars.copy_context().run, fit_one, s) for s in AUTO_SCALINGS}
+            fits = {s: future.result() for s, future in futures.items()}
+    else:
+        fits = {s: fit_one(s) for s in AUTO_SCALINGS}
+    chosen = min(fits, key=lambda s: fits[s].best_val_loss)
+    run_logger(__name__).info(
+        "%s scaling: %s (best validation loss %s)",
+        config.cell,
+        chosen,
+        ", ".join(f"{s} {fit.best_val_loss:.5f}" for s, fit in fits.items()),
+    )
+    best = fits[chosen]
+    if on_epoch is not None:
+        for record in best.history:
+            on_epoch(dict(record))
+    best.extra["scaling_val_loss"] = {s: fit.best_val_loss for s, fit in fits.items()}
+    best.seconds = time.perf_counter() - started
+    return best
+
+
+def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
+    """One network with one concrete scaling (see `fit_forecaster`)."""
     if len(data.train_starts) == 0:
         raise ValueError("no training windows; the series are too short for lookback + horizon")
     if len(data.val_starts) == 0:
@@ -214,8 +271,12 @@ def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallb
     device = resolve_device(config.device)
     lookback, horizon = data.lookback, data.horizon
     with _cpu_threads(training_threads(config, device)):
-        torch.manual_seed(config.seed)
-        model = RecurrentForecaster(config.forecaster_config(lookback, horizon)).to(device)
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):  # seeded init, safe beside a fit in another thread
+            torch.manual_seed(config.seed)
+            model = RecurrentForecaster(config.forecaster_config(lookback, horizon))
+        model = model.to(device)
+        if config.dropout > 0.0:
+            torch.manual_seed(config.seed)  # dropout masks draw from the global generator
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed)
         if device.type == "cuda":

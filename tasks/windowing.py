@@ -23,6 +23,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.windows import Scalers, SeriesPanel, panel_from_frame, window_starts
+from tasks.spec import RunSpec, WindowSpec
+
+_WINDOW = WindowSpec()  # the one set of defaults: the run spec's
 
 
 class WindowConfig(BaseModel):
@@ -40,9 +43,9 @@ class WindowConfig(BaseModel):
     lookback: int = Field(ge=1, le=100_000)
     horizon: int = Field(ge=1, le=10_000)
     test_size: int | None = Field(default=None, ge=1)
-    test_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(default=_WINDOW.test_fraction, gt=0.0, lt=1.0)
     val_size: int | None = Field(default=None, ge=1)
-    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    val_fraction: float = Field(default=_WINDOW.val_fraction, gt=0.0, lt=1.0)
     stride: int = Field(default=1, ge=1)
     train_stride: int = Field(default=1, ge=1)
 
@@ -235,6 +238,15 @@ def prepare_windows(frame: pd.DataFrame, config: WindowConfig, freq: str | None 
     if len(frame) == 0:
         raise ValueError("no observations to window; ingest data first")
     return windows_from_panel(panel_from_frame(frame, freq=freq), config)
+
+
+@task(name="resolve-spec", cache_policy=NO_CACHE)
+def resolve_spec_task(spec: RunSpec, frame: pd.DataFrame, freq: str | None = None) -> RunSpec:
+    """The spec with the settings it leaves empty (lookback, horizon, stride, seasons) filled from the data
+    (`tasks.spec.resolve_for_frame`); not retried: bad data fails the same way again."""
+    from tasks.spec import resolve_for_frame
+
+    return resolve_for_frame(spec, frame, freq)
 
 
 @task(cache_policy=NO_CACHE)

@@ -67,6 +67,7 @@ def small(cell: str = "lstm", **overrides: object) -> TrainConfig:
         "device": "cpu",
         "seed": 7,
         "num_threads": 1,  # tests share a 2-core machine; one thread keeps them fast under contention
+        "scaling": "series",  # one network per fit; "auto" is tested in tests/test_train.py
     }
     base.update(overrides)
     return TrainConfig.model_validate(base)
@@ -99,9 +100,9 @@ def test_head_choice_and_its_limits() -> None:
     assert ForecasterConfig.model_validate({"lookback": 10, "horizon": 2}).head == "last", "older config.json files"
     with pytest.raises(ValueError, match="`lookback` \\(4\\) must be at least `horizon`"):
         ForecasterConfig(lookback=4, horizon=6, head="per_step")
-    assert TrainConfig().forecaster_config(24, 6).head == "per_step"
-    assert TrainConfig().forecaster_config(4, 6).head == "last"
-    assert TrainConfig(head="last").forecaster_config(24, 6).head == "last"
+    assert TrainConfig(scaling="series").forecaster_config(24, 6).head == "per_step"
+    assert TrainConfig(scaling="series").forecaster_config(4, 6).head == "last"
+    assert TrainConfig(scaling="series", head="last").forecaster_config(24, 6).head == "last"
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -49,6 +49,7 @@ def config(**overrides: object) -> TrainConfig:
         "device": "cpu",
         "num_threads": 1,
         "seed": 3,
+        "scaling": "series",  # one network per fit; "auto" (two) has its own test
     }
     base.update(overrides)
     return TrainConfig.model_validate(base)
@@ -181,3 +182,25 @@ def test_task_wrapper_calls_the_plain_function() -> None:
     data = windows({"s": np.sin(np.arange(200) / 3.0)})
     fit = train_candidate_task.fn(data, config(max_epochs=1))
     assert fit.best_epoch == 1 and fit.config.lookback == LOOKBACK and fit.config.horizon == HORIZON
+
+
+def test_auto_scaling_keeps_the_scaling_with_the_lower_validation_loss() -> None:
+    # a series that keeps rising: validation lies above the training range, where only "last" follows it
+    t_ = np.arange(300, dtype=np.float64)
+    data = windows({"rising": 0.05 * t_ + np.sin(t_ / 3.0)})
+    seen: list[dict[str, float]] = []
+    fit = fit_forecaster(data, config(scaling="auto", max_epochs=8), on_epoch=seen.append)
+    losses = fit.extra["scaling_val_loss"]
+    assert set(losses) == {"series", "last"}
+    assert fit.config.scaling == min(losses, key=losses.get) == "last"
+    assert fit.train_config.scaling == "last" and fit.best_val_loss == losses["last"]
+    # each try's epochs carry their scaling; the winner's are replayed under the plain names at the end
+    assert {"val_loss_series", "val_loss_last"} <= set().union(*seen)
+    plain = [r for r in seen if "val_loss" in r]
+    assert [r["val_loss"] for r in plain] == [r["val_loss"] for r in fit.history]
+    assert seen[-len(plain) :] == plain
+    separate = fit_forecaster(data, config(scaling="last", max_epochs=8))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fit.model.state_dict().values(), separate.model.state_dict().values(), strict=True)
+    )

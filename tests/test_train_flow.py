@@ -76,6 +76,15 @@ def test_train_flow_logs_lstm_and_gru_children_and_registers_one_version(train_e
     assert [str(v.version) for v in versions] == [summary.version]
     alias = registry.get_alias(train_env, summary.alias)
     assert alias is not None and str(alias.version) == summary.version
+    # the gate's decision is on the parent run, and the registered model serves what its table says
+    assert parent.data.tags["seqcast.decision"] == ("promoted" if summary.alias == "champion" else "rejected")
+    assert parent.data.tags["seqcast.best_cell"] == summary.best_cell
+    assert {"test_mase", "served_test_mase", "naive_test_mase", "promoted"} <= set(parent.data.metrics)
+    assert {a.path for a in client.list_artifacts(summary.parent_run_id)} >= {"gate_series.csv", "gate.md"}
+    served = {row["series_id"]: row["served"] for row in summary.series}
+    loaded = registry.load_version(train_env, summary.version)
+    assert loaded.fallback == {sid: method for sid, method in served.items() if method != summary.best_cell}
+    assert loaded.config.scaling in ("series", "last")  # "auto" kept the one with the lower validation loss
 
 
 def test_a_series_too_short_for_the_window_stops_before_anything_is_registered(train_env: str, db_url: str) -> None:
