@@ -240,6 +240,7 @@ def train_seqcast(
         "device": device,
         "num_threads": THREADS,
         "seed": 0,
+        "scaling": "series",  # one network at the shared shape, normalised as the peers normalise (auto trains two)
     }
     settings.update(overrides or {})
     config = train_module.TrainConfig.model_validate(settings)
@@ -269,7 +270,7 @@ def train_seqcast(
 
     pin_threads()
     original = train_module.RecurrentForecaster
-    train_module.RecurrentForecaster = _Spy  # type: ignore[misc]
+    train_module.RecurrentForecaster = _Spy  # type: ignore[misc,assignment]
     clock = curve.clock if curve is not None else Stopwatch()
     fit = None
     note = ""
@@ -571,16 +572,19 @@ def train_darts(
     def to_original(out: np.ndarray) -> np.ndarray:
         if not defaults:
             return unscale(data, out)
+        assert lo is not None and hi is not None  # set above whenever `defaults`
         k = test_series(data)
         return out * (hi[k] - lo[k])[:, None] + lo[k][:, None]
 
     if curve is not None:
         import pytorch_lightning as pl
 
+        tracked = curve  # the callback's own reference, known not to be None
+
         class _EpochEval(pl.Callback):
             def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
                 windows = (trainer.current_epoch + 1) * n_train
-                if curve.record(windows, lambda: to_original(darts_forecast(pl_module, x_test))):
+                if tracked.record(windows, lambda: to_original(darts_forecast(pl_module, x_test))):
                     trainer.should_stop = True
 
         callbacks.append(_EpochEval())
@@ -725,11 +729,15 @@ def train_neuralforecast(
     if curve is not None:
         import pytorch_lightning as pl
 
+        tracked = curve  # the callback's own reference, known not to be None
+
         class _StepEval(pl.Callback):
             def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
                 step = trainer.global_step
                 due = step % every_steps == 0 or step >= steps
-                if due and curve.record(step * per_step, lambda: to_original(nf_forecast(pl_module, x_test, defaults))):
+                if due and tracked.record(
+                    step * per_step, lambda: to_original(nf_forecast(pl_module, x_test, defaults))
+                ):
                     trainer.should_stop = True
 
         callbacks.append(_StepEval())

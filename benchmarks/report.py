@@ -224,6 +224,18 @@ def markdown(results: dict[str, Any]) -> str:
             [[k, f"{v['mae']:.1f}", f"{v['mase']:.3f}"] for k, v in acc["baselines"].items()],
         )
 
+    panel = results.get("accuracy_panel", {})
+    if panel.get("variants"):
+        from benchmarks.accuracy_panel import markdown_lines as panel_markdown
+
+        lines += ["## Accuracy panel: kinds of series against naive, seasonal naive and AutoETS", ""]
+        if panel.get("skipped_series"):
+            skipped = panel["skipped_series"]
+            lines += [f"Left out: {', '.join(skipped['series'])} ({skipped['why']}).", ""]
+        lines += panel_markdown(panel)
+    elif "error" in panel:
+        lines += ["## Accuracy panel", "", f"FAILED: {panel['error']}", ""]
+
     tta = results.get("time_to_accuracy", {})
     if tta.get("runs"):
         lines += ["## Time to accuracy: electricity, LSTM", "", tta["rule"], ""]

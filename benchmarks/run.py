@@ -10,6 +10,9 @@ Sections (docs/benchmarks.md explains each and the targets):
   profile      where seqcast's training step time goes (torch.profiler), against the bare loop
   demo         `seqcast demo` timed stage by stage on fresh stores, then again (benchmarks/demo_timing.py);
                not in --quick's default sections (it runs the real CLI twice)
+  accuracy_panel  seqcast at its defaults across kinds of series (pmdarima's, the samples, synthetic) against
+               naive, seasonal naive and AutoETS, with the issue's targets (benchmarks/accuracy_panel.py; --quick:
+               3 synthetic series, 2 epochs)
 
 Writes benchmarks/results/latest.json and latest.md (or --out DIR) and prints the ratios.
 
@@ -55,8 +58,8 @@ def seqcast_defaults() -> dict[str, Any]:
     threads chosen by `training_threads`), so the benchmark measures what users get."""
     from tasks.train import TrainConfig
 
-    keep = ("cell", "hidden_size", "num_layers", "batch_size", "learning_rate", "lr_schedule", "patience")
-    keep += ("grad_clip", "max_epochs", "num_threads", "head", "loss", "weight_decay")
+    keep: tuple[str, ...] = ("cell", "hidden_size", "num_layers", "batch_size", "learning_rate", "lr_schedule")
+    keep += ("patience", "grad_clip", "max_epochs", "num_threads", "head", "loss", "weight_decay")
     config = TrainConfig(cell="lstm")
     return {**config.model_dump(include=set(keep)), "batch_size": config.effective_batch_size}
 
@@ -299,24 +302,22 @@ def electricity_windows(sizes: Sizes) -> Any:
 
 
 def scorer(data: Any) -> Any:
-    """forecasts [N, H] original units -> {"model": {mae, mase, ...}, "baselines": {...}} (tasks.evaluate)."""
-    from tasks.evaluate import evaluate_against_baselines, season_length, weekly_season_length
+    """forecasts [N, H] original units -> {"model": {mae, mase, ...}, "baselines": {...}} (tasks.evaluate).
+
+    Baselines keep the names earlier results use: naive, seasonal_naive (the daily season) and
+    weekly_seasonal_naive (tasks.evaluate names them naive, seasonal_naive_48, seasonal_naive_336)."""
+    from benchmarks.accuracy_panel import baseline_name, evaluate_with_seqcast, other_seasons
+    from models.frequency import season_length
 
     season = season_length(data.freq)
-    weekly = weekly_season_length(data.freq)
+    extra = other_seasons(data.freq, data.lookback, season)
+    legacy = {f"seasonal_naive_{m}": "weekly_seasonal_naive" for m in extra[:1]}  # the names earlier results use
 
     def evaluate(predicted: np.ndarray) -> dict[str, Any]:
-        ev = evaluate_against_baselines(
-            data.panel,
-            data.test_starts,
-            predicted,
-            data.lookback,
-            data.horizon,
-            season,
-            data.splits.train_end,
-            weekly_season=weekly,
-        )
-        return {"model": ev.model.overall, "baselines": {k: v.overall for k, v in ev.baselines.items()}}
+        ev = evaluate_with_seqcast(data, season, extra, predicted)
+        names = {k: baseline_name(k, season) for k in ev.baselines}
+        baselines = {legacy.get(names[k], names[k]): v.overall for k, v in ev.baselines.items()}
+        return {"model": ev.model.overall, "baselines": baselines}
 
     return evaluate
 
@@ -501,6 +502,22 @@ def section_demo(quick: bool) -> dict[str, Any]:
     return run_demo_timing(quick=quick)
 
 
+def section_accuracy_panel(quick: bool) -> dict[str, Any]:
+    """benchmarks/accuracy_panel.py at seqcast's defaults; its pmdarima series are left out, with a note, where the
+    bench extra is not installed."""
+    from benchmarks.accuracy_panel import panel_series, run_panel
+
+    names = None
+    skipped = []
+    if not quick and not common.installed("pmdarima"):
+        skipped = [s.name for s in panel_series() if s.source == "pmdarima"]
+        names = [s.name for s in panel_series() if s.source != "pmdarima"]
+    results = run_panel(names=names, quick=quick)
+    if skipped:
+        results["skipped_series"] = {"series": skipped, "why": "pmdarima not installed: pip install -e '.[bench]'"}
+    return results
+
+
 def section_profile(sizes: Sizes) -> dict[str, Any]:
     from benchmarks.profile_bench import profile_training
     from tasks.windowing import WindowConfig, prepare_windows
@@ -627,6 +644,10 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": b["ratio_upsert_vs_bulk"] >= 0.8,
                 }
             )
+    for variant, panel in results.get("accuracy_panel", {}).get("variants", {}).items():
+        suffix = "" if variant == "default" else f" (scaling={variant})"
+        for t in panel["targets"]:
+            targets.append({"name": f"accuracy panel{suffix}: {t['name']}", "value": t["value"], "met": t["met"]})
     win = results.get("windowing", {})
     if "ratio_peak_vs_raw" in win:
         targets.append(
@@ -643,7 +664,17 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # main
 
 
-SECTIONS = ("speed", "accuracy", "time_to_accuracy", "scaling", "store", "windowing", "profile", "demo")
+SECTIONS: tuple[str, ...] = (
+    "speed",
+    "accuracy",
+    "time_to_accuracy",
+    "scaling",
+    "store",
+    "windowing",
+    "profile",
+    "demo",
+    "accuracy_panel",
+)
 CUDA_SECTIONS = ("speed", "accuracy", "scaling", "store", "windowing")  # time_to_accuracy and profile: CPU only
 
 
@@ -758,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         "windowing": lambda: section_windowing(sizes),
         "profile": lambda: section_profile(sizes),
         "demo": lambda: section_demo(args.quick),
+        "accuracy_panel": lambda: section_accuracy_panel(args.quick),
     }
     planned: list[str] = []
     for name in SECTIONS:

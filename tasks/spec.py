@@ -278,20 +278,30 @@ class RunSpec(BaseModel):
 
     def too_short(self, lengths: Mapping[str, int]) -> str | None:
         """Why some series are too short for `min_length` (naming them and the options to change), or None."""
-        parts = self.min_length()
-        if parts is None:
+        lookback, horizon = self.window.lookback, self.window.horizon
+        if lookback is None or horizon is None:
             return None
-        needed = sum(parts.values())
-        short = [(sid, n) for sid, n in lengths.items() if n < needed]
+        short = [(sid, n, self.needed(n)) for sid, n in lengths.items() if n < self.needed(n)]
         if not short:
             return None
-        named = "; ".join(f"series {sid!r} has {n} observations" for sid, n in short[:5])
+        named = "; ".join(f"series {sid!r} has {n} observations, needs {need}" for sid, n, need in short[:5])
         more = f" (and {len(short) - 5} more series)" if len(short) > 5 else ""
-        needs = " + ".join(f"{name} ({value})" for name, value in parts.items())
         return (
-            f"{named}{more}; {needs} needs {needed}. Pass a shorter --lookback (and --horizon), i.e. the run spec's "
-            "window.lookback and window.horizon, or leave those series out with --series"
+            f"{named}{more}: lookback ({lookback}) + horizon ({horizon}) + a validation part of "
+            f"{self.window.val_fraction:g} and a test part of {self.window.test_fraction:g} of the series (each at "
+            "least one horizon). Pass a shorter --lookback (and --horizon), i.e. the run spec's window.lookback and "
+            "window.horizon, or leave those series out with --series"
         )
+
+    def needed(self, length: int) -> int:
+        """Observations a series of `length` needs for the resolved window: the split's own rule
+        (`tasks.windowing.split_panel`), a training window plus validation and test parts of at least a horizon."""
+        import math
+
+        lookback, horizon = self.window.lookback or 0, self.window.horizon or 0
+        val = max(horizon, math.ceil(self.window.val_fraction * length))
+        test = max(horizon, math.ceil(self.window.test_fraction * length))
+        return lookback + horizon + val + test
 
     def train_config(self, cell: Cell) -> TrainConfig:
         """The training stage's config for one candidate cell."""

@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("darts", "neuralforecast")
-SECTIONS = ("speed", "accuracy", "time_to_accuracy", "scaling", "store", "windowing", "profile")
+SECTIONS = ("speed", "accuracy", "time_to_accuracy", "scaling", "store", "windowing", "profile", "accuracy_panel")
 
 
 def _numbers(tree: Any) -> list[float]:
@@ -86,8 +86,15 @@ def test_quick_benchmark_writes_results_with_positive_ratios(tmp_path: Path) -> 
     assert "postgresql" in results["store"]  # measured, or skipped with the reason
     assert results["windowing"]["raw_values_mib"] > 0
     assert results["profile"]["seqcast_fit_forecaster"]["wall_ms_per_step"] > 0
-    assert {t["name"] for t in results["targets"]} >= {"windowing peak memory <= 2x raw values"}
-    assert "## Speed" in (tmp_path / "latest.md").read_text()
+    panel = results["accuracy_panel"]["variants"]["default"]
+    assert [row["series"] for row in panel["rows"]] == ["trend_season", "level_shift", "random_walk"]
+    assert all(row["mase"]["served"] > 0 for row in panel["rows"])
+    assert {t["name"] for t in results["targets"]} >= {
+        "windowing peak memory <= 2x raw values",
+        "accuracy panel: (a) served <= better of naive / seasonal naive on every series",
+    }
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "## Speed" in markdown and "## Accuracy panel" in markdown
 
 
 def test_device_cuda_is_refused_with_one_clear_line_without_cuda(tmp_path: Path) -> None:

@@ -279,8 +279,12 @@ def test_a_series_too_short_for_the_default_window_is_named_with_the_option_to_p
     with pytest.raises(DataValidationError) as info:
         resolve_for_frame(RunSpec(), _frame({"uk_load": 120, "long": 2000}))
     message = str(info.value)
-    assert message.startswith("series too short for the window (30min data): series 'uk_load' has 120 observations;")
-    assert "lookback (336) + horizon (48) + validation (48) + test (48) needs 480" in message
+    assert message.startswith(
+        "series too short for the window (30min data): series 'uk_load' has 120 observations, needs 480: "
+        "lookback (336) + horizon (48) + a validation part of 0.1 and a test part of 0.2 of the series"
+    )
+    # the split's own rule: parts are fractions of the series, at least a horizon each
+    assert RunSpec().resolve("30min", [2000]).needed(2000) == 336 + 48 + 200 + 400
     assert "--lookback" in message and "'long'" not in message
     # gap filling may lengthen a series: validation's min_length decides then
     spec = RunSpec(data={"gap_policy": "fill", "max_gap_steps": 2})
