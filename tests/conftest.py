@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import create_database, database_url, drop_database, require_postgres
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "SEQCAST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def _postgres_available() -> str | None:
-    """None when the server answers, else why not."""
-    from sqlalchemy import create_engine, text
-
-    try:
-        engine = create_engine(POSTGRES_ADMIN_URL)
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:  # any connection failure means "not here"
-        return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc.__class__.__name__}"
+pytest_plugins = ["forecast_setup"]  # the tiny registered model and observations of the forecast and backfill tests
 
 
 @pytest.fixture(scope="session")
@@ -35,30 +17,13 @@ def postgres_database() -> Iterator[str]:
 
     Skips on a laptop without PostgreSQL; fails under CI=true, where the server must be there.
     """
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    reason = _postgres_available()
-    if reason is not None:
-        if IN_CI:
-            pytest.fail(f"{reason} (CI=true: PostgreSQL tests may not be skipped)")
-        pytest.skip(reason)
-    name = f"seqcast_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        # A natural-language collation, as most production databases have (en_US and the like sort "a" < "B"
-        # and skip punctuation), so code that needs code-point order must ask for it. ICU needs PostgreSQL 15.
-        icu = conn.execute(text("select current_setting('server_version_num')::int >= 150000")).scalar()
-        locale = " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en'" if icu else ""
-        conn.execute(text(f'CREATE DATABASE "{name}"{locale}'))
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
+    require_postgres()
+    name = create_database("seqcast_test", natural_collation=True)
+    yield database_url(name, "postgresql+psycopg")
     from tasks.store import dispose_engines
 
     dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

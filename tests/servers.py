@@ -96,7 +96,8 @@ def service_env(service: str, values: Mapping[str, str], extra: Mapping[str, str
 
 
 def require_postgres() -> None:
-    """Skip (or, under CI=true, fail) when the PostgreSQL server does not answer."""
+    """Skip (or, under CI=true, fail) when the PostgreSQL server does not answer; the one check every PostgreSQL
+    fixture makes."""
     from sqlalchemy import create_engine, text
 
     try:
@@ -107,18 +108,24 @@ def require_postgres() -> None:
     except Exception as exc:  # any connection failure means "not here"
         reason = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc.__class__.__name__}"
         if IN_CI:
-            pytest.fail(f"{reason} (CI=true: integration tests may not be skipped)")
+            pytest.fail(f"{reason} (CI=true: PostgreSQL tests may not be skipped)")
         pytest.skip(reason)
 
 
-def create_database(prefix: str) -> str:
-    """A new empty database; returns its name."""
+def create_database(prefix: str, natural_collation: bool = False) -> str:
+    """A new empty database; returns its name.
+
+    `natural_collation`: an ICU 'en' collation (PostgreSQL 15+), as most production databases have (they sort
+    "a" < "B" and skip punctuation), so code that needs code-point order must ask for it.
+    """
     from sqlalchemy import create_engine, text
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        icu = natural_collation and conn.execute(text("select current_setting('server_version_num')::int >= 150000"))
+        locale = " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en'" if icu and icu.scalar() else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{locale}'))
     admin.dispose()
     return name
 

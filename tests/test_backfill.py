@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-from test_forecast import (
+from forecast_setup import (
     DEAD_URL,
     HORIZON,
     HOSTILE,
@@ -16,33 +13,15 @@ from test_forecast import (
     LENGTH,
     LOOKBACK,
     TRAINED,
-    Registered,
     at,
     forecasts,
-    register_tiny_model,
     synthetic_frame,
 )
 
 from tasks import forecast as fc
 from tasks import store
-from tasks.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-@pytest.fixture(scope="module")
-def model(mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> Registered:
-    return register_tiny_model(mlflow_store, tmp_path_factory.mktemp("model"), f"backfill-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def env(db_url: str, seqcast_home: Path, mlflow_store: str, model: Registered, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("SEQCAST_DATABASE_URL", db_url)
-    monkeypatch.setenv("SEQCAST_MLFLOW_TRACKING_URI", mlflow_store)
-    monkeypatch.setenv("SEQCAST_REGISTERED_MODEL", model.name)
-    get_settings.cache_clear()
-    store.upsert_observations(store.get_engine(db_url), synthetic_frame())
-    return db_url
 
 
 def clear_forecasts(url: str) -> None:

@@ -8,84 +8,30 @@ from __future__ import annotations
 import inspect
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from forecast_setup import (
+    DEAD_URL,
+    HORIZON,
+    HOSTILE,
+    KEY,
+    LENGTH,
+    LOOKBACK,
+    START,
+    TRAINED,
+    Registered,
+    at,
+    forecasts,
+    register_tiny_model,
+    synthetic_frame,
+)
 from sqlalchemy import text
 
 from tasks import forecast as fc
 from tasks import registry, store
-from tasks.settings import get_settings
-
-LOOKBACK, HORIZON = 48, 12
-HOSTILE = "x'; DROP TABLE forecasts; --\"ü名☃ \\ |"
-TRAINED = ["a", "b", "g", HOSTILE]
-LENGTH = 24 * 14
-START = pd.Timestamp("2024-01-01", tz="UTC")
-DEAD_URL = "postgresql+psycopg://postgres@127.0.0.1:1/x?connect_timeout=2"
-KEY = ["series_id", "origin_ts", "target_ts", "model_name", "model_version"]
-
-
-def synthetic_frame(ids: list[str] = TRAINED, length: int = LENGTH) -> pd.DataFrame:
-    """Hourly daily-seasonal series with a little noise, one amplitude per series."""
-    parts = []
-    t = np.arange(length)
-    for i, sid in enumerate(ids):
-        values = 100 + 10 * (i + 1) * np.sin(2 * np.pi * t / 24) + np.random.default_rng(i).normal(0, 1, length)
-        parts.append(
-            pd.DataFrame({"series_id": sid, "ts": pd.date_range(START, periods=length, freq="h"), "value": values})
-        )
-    return pd.concat(parts, ignore_index=True)
-
-
-@dataclass(frozen=True)
-class Registered:
-    name: str
-    version: str
-    run_id: str
-
-
-def register_tiny_model(
-    tracking_uri: str, folder: Path, name: str, fallback: dict[str, str] | None = None
-) -> Registered:
-    """Train the tiny model on `synthetic_frame()`, log it (with `fallback`), register it and make it champion."""
-    from models.packaging import pyfunc_input, save_forecaster
-    from tasks.train import TrainConfig, fit_forecaster
-    from tasks.windowing import WindowConfig, prepare_windows
-
-    frame = synthetic_frame()
-    data = prepare_windows(frame, WindowConfig(lookback=LOOKBACK, horizon=HORIZON, test_size=12, val_size=12))
-    config = TrainConfig(hidden_size=8, num_layers=1, max_epochs=1, device="cpu", num_threads=1, seed=0)
-    fit = fit_forecaster(data, config)
-    experiment = registry.configure_mlflow(tracking_uri, f"forecast-tests-{uuid.uuid4().hex[:8]}", folder / "art")
-    run_id = registry.start_run(experiment, "tiny", {})
-    model_dir = save_forecaster(
-        folder / "forecaster", fit.model, data.scalers, data.freq, {"mlflow_run_id": run_id}, fallback=fallback
-    )
-    uri = registry.log_forecaster(run_id, model_dir, pyfunc_input(frame[frame["series_id"] == "a"].tail(LOOKBACK)))
-    registry.end_run(run_id)
-    version = str(registry.register_model(name, uri, run_id).version)
-    registry.apply_decision(name, version, True, "test model")
-    return Registered(name, version, run_id)
-
-
-@pytest.fixture(scope="module")
-def model(mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> Registered:
-    return register_tiny_model(mlflow_store, tmp_path_factory.mktemp("model"), f"forecast-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def env(db_url: str, seqcast_home: Path, mlflow_store: str, model: Registered, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Settings pointing at `db_url` and the test MLflow store, with the synthetic observations ingested."""
-    monkeypatch.setenv("SEQCAST_DATABASE_URL", db_url)
-    monkeypatch.setenv("SEQCAST_MLFLOW_TRACKING_URI", mlflow_store)
-    monkeypatch.setenv("SEQCAST_REGISTERED_MODEL", model.name)
-    get_settings.cache_clear()
-    store.upsert_observations(store.get_engine(db_url), synthetic_frame())
-    return db_url
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -107,14 +53,6 @@ def test_fallback_series_are_written_by_their_baseline_with_its_method(
     np.testing.assert_allclose(b["point"], day_before)
     hostile = rows[rows["series_id"] == HOSTILE]
     assert (hostile["point"] == observed[(HOSTILE, at(LENGTH - 1))]).all()
-
-
-def forecasts(url: str) -> pd.DataFrame:
-    return store.read_forecasts(store.get_engine(url))
-
-
-def at(hours: int) -> pd.Timestamp:
-    return START + pd.Timedelta(hours=hours)
 
 
 def test_predict_batch_matches_predict_windows_default() -> None:

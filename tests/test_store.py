@@ -11,13 +11,13 @@ import datetime as dt
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from servers import create_database, database_url, drop_database, require_postgres
 from sqlalchemy import Column, Double, Index, Integer, MetaData, Table, Text, create_engine, inspect, text
 
 from tasks import store
@@ -100,27 +100,19 @@ def make_old_database(url: str) -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of this test's own: a new SQLite file, or a new PostgreSQL database (dropped after)."""
-    from sqlalchemy.engine import make_url
 
     store.dispose_engines()
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrate.db'}"
         store.dispose_engines()
         return
-    from conftest import POSTGRES_ADMIN_URL
-
-    request.getfixturevalue("postgres_database")  # skips, or fails under CI=true, when the server is not there
-    name = f"seqcast_migrate_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    require_postgres()
+    name = create_database("seqcast_migrate")
     try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield database_url(name, "postgresql+psycopg")
     finally:
         store.dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(name)
 
 
 def revisions(url: str) -> list[str]:
