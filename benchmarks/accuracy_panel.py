@@ -307,6 +307,21 @@ def _ets_label(trend: str | None, damped: bool, seasonal: str | None) -> str:
     return f"ETS(A,{'N' if trend is None else ('Ad' if damped else 'A')},{'N' if seasonal is None else 'A'})"
 
 
+def _ets_model(y: np.ndarray, form: tuple[str | None, bool, str | None], season: int) -> Any:
+    """statsmodels' ETSModel with additive errors and the (trend, damped, seasonal) `form` on `y`."""
+    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+
+    trend, damped, seasonal = form
+    return ETSModel(
+        y,
+        error="add",
+        trend=trend,
+        damped_trend=damped,
+        seasonal=seasonal,
+        seasonal_periods=season if seasonal else None,
+    )
+
+
 def ets_forecasts(data: WindowedData, season: int, search: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
     """AutoETS forecasts `[N, H]` from every test origin, and the model chosen per series.
 
@@ -317,7 +332,6 @@ def ets_forecasts(data: WindowedData, season: int, search: bool = True) -> tuple
     when `season` > 1 and the fit data holds two full seasons.
     """
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
-    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
     panel, horizon = data.panel, data.horizon
     series, positions = data.window_index(data.test_starts)
@@ -331,14 +345,7 @@ def ets_forecasts(data: WindowedData, season: int, search: bool = True) -> tuple
         for trend, damped, seasonal in ETS_GRID if search else ETS_QUICK:
             if seasonal is not None and (season < 2 or fit_end < 2 * season + 2):
                 continue
-            model = ETSModel(
-                y[:fit_end],
-                error="add",
-                trend=trend,
-                damped_trend=damped,
-                seasonal=seasonal,
-                seasonal_periods=season if seasonal else None,
-            )
+            model = _ets_model(y[:fit_end], (trend, damped, seasonal), season)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -351,14 +358,7 @@ def ets_forecasts(data: WindowedData, season: int, search: bool = True) -> tuple
         if best is None:
             raise RuntimeError(f"AutoETS: no candidate model could be fit on series {panel.series_ids[k]!r}")
         _, fitted, (trend, damped, seasonal) = best
-        full = ETSModel(
-            y,
-            error="add",
-            trend=trend,
-            damped_trend=damped,
-            seasonal=seasonal,
-            seasonal_periods=season if seasonal else None,
-        )
+        full = _ets_model(y, (trend, damped, seasonal), season)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             states = np.asarray(full.smooth(fitted.params).states, dtype=np.float64)  # [T, level|trend|season]
