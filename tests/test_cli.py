@@ -228,3 +228,65 @@ def test_deploy_without_a_prefect_server_is_one_clear_error() -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot reach the Prefect API at http://127.0.0.1:1/api")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_training_summary_prints_mae_and_mase_of_every_method_and_the_series_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from flows.cli import _print_training
+    from flows.train import CandidateSummary, TrainSummary
+
+    def scores(mae: float, mase: float) -> dict[str, float]:
+        return {"mae": mae, "rmse": mae, "smape": 1.0, "mase": mase}
+
+    summary = TrainSummary(
+        parent_run_id="run1",
+        experiment_id="1",
+        model_name="seqcast",
+        version="3",
+        alias="challenger",
+        reason="lstm mean per-series MASE 1.2000 does not beat naive 1.1000",
+        best_cell="lstm",
+        champion_mase=None,
+        as_of="2026-11-30T00:00:00+00:00",
+        candidates=[
+            CandidateSummary("lstm", "r1", "uri1", {f"test_{k}": v for k, v in scores(12.5, 1.2).items()}),
+            CandidateSummary("gru", "r2", "uri2", {f"test_{k}": v for k, v in scores(14.0, 1.4).items()}),
+        ],
+        baselines={"naive": scores(11.0, 1.1), "seasonal_naive_7": scores(20.0, 2.0)},
+        served=scores(10.5, 1.05),
+        series=[
+            {
+                "series_id": "spx",
+                "model_mase": 1.5,
+                "best_baseline": "naive",
+                "best_baseline_mase": 1.0,
+                "served": "naive",
+            },
+            {
+                "series_id": "temp",
+                "model_mase": 0.5,
+                "best_baseline": "seasonal_naive_7",
+                "best_baseline_mase": 0.9,
+                "served": "lstm",
+            },
+        ],
+    )
+    _print_training(summary)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[1].split() == ["method", "test", "MAE", "MASE"]
+    assert lines[2].split() == ["lstm", "12.5", "1.200"] and lines[3].split() == ["gru", "14", "1.400"]
+    assert lines[4].split() == ["served", "(lstm", "+", "fallback)", "10.5", "1.050"]
+    assert lines[5].split() == ["naive", "11", "1.100"] and lines[6].split() == [
+        "seasonal",
+        "naive",
+        "7",
+        "20",
+        "2.000",
+    ]
+    assert "MASE: mean over series" in out and "nan" not in out.lower()
+    assert "spx" in out and "temp" in out  # the per-series table, for a run of more than one series
+    row = next(line for line in lines if line.strip().startswith("spx"))
+    assert row.split() == ["spx", "1.500", "naive", "1.000", "naive"]
+    assert lines[-1].startswith("registered seqcast v3 (lstm) as 'challenger': lstm mean per-series MASE 1.2000")
