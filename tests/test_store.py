@@ -11,6 +11,7 @@ import datetime as dt
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,31 @@ def test_forecast_rows_write_the_method_and_refuse_a_missing_one() -> None:
     assert {r["method"] for r in store.forecast_rows(frame.drop(columns="method"))} == {store.DEFAULT_METHOD}
     with pytest.raises(ValueError, match="needs a method"):
         store.forecast_rows(frame.assign(method=[None, "naive", "lstm", "naive"]))
+
+
+def test_a_sqlite_engine_starting_while_another_process_writes_waits_for_it(tmp_path: Path) -> None:
+    """Switching a database to WAL fails at once, without SQLite's busy wait, while another connection writes
+    (two first starts on an old database: one migrating, the other connecting); the engine waits instead."""
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    plain = sqlite3.connect(path)
+    plain.execute("create table t (a integer)")
+    plain.commit()
+    plain.close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("insert into t values (1)")
+    release = threading.Timer(1.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        started = time.monotonic()
+        engine = store.get_engine(f"sqlite:///{path}")
+        waited = time.monotonic() - started
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert waited >= 1.0  # it waited for the writer instead of failing with "database is locked"
+    finally:
+        release.join()
+        holder.close()
+        store.dispose_engines()
