@@ -63,6 +63,9 @@ class RecurrentForecaster(nn.Module):
       - `num_layers`: stacked recurrent layers (batch_first).
       - `dropout`: applied between recurrent layers (when `num_layers` > 1) and to the head's input.
       - `head`: "last" or "per_step" (see the module docstring).
+      - `scaling`: how each window is normalised on the way in and de-normalised on the way out, from statistics
+        of the window itself (`window_statistics`; the choices are described in models/choices.py). Inputs and
+        outputs stay in series-scaled units outside the network, so the loss is comparable across scalings.
     """
 
     def __init__(self, config: ForecasterConfig) -> None:
