@@ -87,6 +87,40 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+HASH_TAG_PREFIX = "seqcast.sha256."
+
+
+def hash_tag(name: str) -> str:
+    """The MLflow tag (on a run and on a registered version) that records the sha256 of checked file `name`."""
+    return f"{HASH_TAG_PREFIX}{name}"
+
+
+def forecaster_hashes(path: str | Path) -> dict[str, str]:
+    """sha256 of each checked file of a forecaster folder, by file name (what MLflow records beside the manifest)."""
+    path = Path(path)
+    return {name: _sha256(path / name) for name in CHECKED_FILES}
+
+
+def check_recorded_hashes(path: str | Path, recorded: dict[str, str], source: str) -> None:
+    """Refuse a folder whose files differ from the sha256 `recorded` outside it (in MLflow); `source` names the
+    model in the message. Raises ArtifactIntegrityError; an empty `recorded` is the caller's decision."""
+    path = Path(path)
+    for name in CHECKED_FILES:
+        expected = recorded.get(name)
+        if expected is None:
+            raise ArtifactIntegrityError(
+                f"{source}: MLflow records no sha256 for {name} (only for {sorted(recorded)}); refusing to load it"
+            )
+        file = path / name
+        actual = _sha256(file) if file.is_file() else "(file missing)"
+        if actual != expected:
+            raise ArtifactIntegrityError(
+                f"{source}: {name} has sha256 {actual}, but MLflow recorded {expected} when it was logged and "
+                "registered; the artifact was modified after registration, refusing to load it (re-train or "
+                "re-register the model)"
+            )
+
+
 def save_forecaster(
     path: str | Path,
     model: RecurrentForecaster,
@@ -163,35 +197,44 @@ def _swap_in(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def verify_forecaster(path: str | Path) -> dict[str, Any]:
-    """Check every file against manifest.json; returns the manifest or raises ArtifactIntegrityError."""
+def verify_forecaster(path: str | Path, source: str | None = None) -> dict[str, Any]:
+    """Check every file against manifest.json; returns the manifest or raises ArtifactIntegrityError.
+
+    `source` names the forecaster in messages (e.g. a registered version) instead of `path`, which may be a
+    temporary download folder gone by the time the message is read.
+    """
     path = Path(path)
+    where = source or str(path)
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise ArtifactIntegrityError(f"{path} is not a seqcast forecaster folder: {MANIFEST_FILE} is missing")
+        raise ArtifactIntegrityError(f"{where} is not a seqcast forecaster folder: {MANIFEST_FILE} is missing")
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ArtifactIntegrityError(f"{manifest_path} is unreadable ({exc}); the artifact is damaged") from exc
+        shown = f"{MANIFEST_FILE} of {source}" if source else str(manifest_path)
+        raise ArtifactIntegrityError(f"{shown} is unreadable ({exc}); the artifact is damaged") from exc
     for name in CHECKED_FILES:
         file = path / name
         if name not in files or not file.is_file():
-            raise ArtifactIntegrityError(f"forecaster folder {path} lacks {name} or its manifest entry; refusing it")
+            raise ArtifactIntegrityError(f"forecaster folder {where} lacks {name} or its manifest entry; refusing it")
         actual = _sha256(file)
         expected = files[name].get("sha256")
         if actual != expected:
             raise ArtifactIntegrityError(
-                f"{name} in {path} has sha256 {actual}, but the manifest records {expected}: the artifact was "
+                f"{name} in {where} has sha256 {actual}, but the manifest records {expected}: the artifact was "
                 "modified or truncated after saving; refusing to load it (re-download or re-train the model)"
             )
     return dict(manifest)
 
 
-def load_forecaster(path: str | Path, device: str | torch.device = "cpu") -> LoadedForecaster:
-    """Load a forecaster folder onto `device` ("cpu", "cuda", "cuda:1", "auto") after checking its sha256 sums."""
+def load_forecaster(
+    path: str | Path, device: str | torch.device = "cpu", source: str | None = None
+) -> LoadedForecaster:
+    """Load a forecaster folder onto `device` ("cpu", "cuda", "cuda:1", "auto") after checking its sha256 sums;
+    `source` names it in integrity errors (see `verify_forecaster`)."""
     path = Path(path)
-    verify_forecaster(path)
+    verify_forecaster(path, source)
     target = resolve_device(device)
     config_data = json.loads((path / CONFIG_FILE).read_text())
     if int(config_data.get("format_version", 0)) > FORMAT_VERSION:

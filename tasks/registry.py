@@ -2,6 +2,8 @@
 
 Runs are addressed by id (never the fluent "active run"), so tasks can log from any thread.
 Registering is idempotent: a run that already has a version gets it back instead of a new one.
+The sha256 of the forecaster's files is recorded outside the artifact, as tags on its run and its registered
+version, and checked when a version is loaded, so a tampered artifact is refused even with a rewritten manifest.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tasks.run_context import run_logger
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -189,11 +193,14 @@ def log_forecaster(
     recent observations (series_id, ts, value): scaler and config travel with the weights.
     """
     import mlflow
+    from mlflow.entities import RunTag
     from mlflow.models import infer_signature
 
-    from models.packaging import SeqcastForecaster, forecast_frame, load_forecaster
+    from models.packaging import SeqcastForecaster, forecast_frame, forecaster_hashes, hash_tag, load_forecaster
 
-    output_example = forecast_frame(load_forecaster(model_dir), input_example)
+    output_example = forecast_frame(load_forecaster(model_dir), input_example)  # checks the manifest too
+    hashes = [RunTag(hash_tag(name), digest) for name, digest in forecaster_hashes(model_dir).items()]
+    get_client().log_batch(run_id, tags=hashes)  # recorded outside the artifact; registration copies them
     signature = infer_signature(input_example, output_example)
     requirements = [f"torch=={_version('torch')}", f"pandas=={_version('pandas')}", f"mlflow=={_version('mlflow')}"]
     with mlflow.start_run(run_id=run_id):
@@ -230,14 +237,37 @@ def _quote(value: str) -> str:
     return value.replace("'", "''")
 
 
+def recorded_hashes(tags: dict[str, str]) -> dict[str, str]:
+    """The forecaster files' sha256 recorded in MLflow tags (of a run or a version), by file name."""
+    from models.packaging import HASH_TAG_PREFIX
+
+    return {key.removeprefix(HASH_TAG_PREFIX): value for key, value in tags.items() if key.startswith(HASH_TAG_PREFIX)}
+
+
 def register_model(name: str, model_uri: str, run_id: str, tags: dict[str, str] | None = None) -> ModelVersion:
-    """A new version of registered model `name` for `run_id`, or the one an earlier attempt made."""
+    """A new version of registered model `name` for `run_id`, or the one an earlier attempt made; either way the
+    version carries the sha256 tags its run recorded when the model was logged (what `load_version` checks)."""
     import mlflow
 
+    from models.packaging import hash_tag
+
+    hash_tags = {
+        hash_tag(file): digest for file, digest in recorded_hashes(get_client().get_run(run_id).data.tags).items()
+    }
+    if not hash_tags:
+        run_logger(__name__).warning(
+            "run %s recorded no sha256 of its model files; registered model '%s' cannot be checked on load",
+            run_id,
+            name,
+        )
     existing = find_version(name, run_id)
-    if existing is not None:
-        return existing
-    return mlflow.register_model(model_uri, name, tags=tags)
+    if existing is None:
+        return mlflow.register_model(model_uri, name, tags={**(tags or {}), **hash_tags})
+    client = get_client()
+    missing = {key: value for key, value in hash_tags.items() if existing.tags.get(key) != value}
+    for key, value in missing.items():  # a rerun (or a crash before the tags) ends with the same tags
+        client.set_model_version_tag(name, str(existing.version), key, value)
+    return client.get_model_version(name, str(existing.version)) if missing else existing
 
 
 def get_alias(name: str, alias: str) -> ModelVersion | None:
@@ -292,11 +322,26 @@ def downloaded_model(name: str, version: str) -> Iterator[Path]:
 
 
 def load_version(name: str, version: str, device: str = "cpu") -> LoadedForecaster:
-    """Load a registered version's forecaster (sha256-checked weights) onto `device`."""
-    from models.packaging import load_forecaster
+    """Load a registered version's forecaster onto `device`, its files checked against the sha256 recorded on the
+    version in MLflow (a rewritten manifest cannot hide a change) and against its manifest.
 
+    Raises ArtifactIntegrityError naming the model and version; a version registered before the hashes were
+    recorded loads on its manifest alone, with a warning.
+    """
+    from models.packaging import check_recorded_hashes, load_forecaster
+
+    source = f"registered model '{name}' v{version}"
+    recorded = recorded_hashes(resolve_version(name, version=version).tags)
     with downloaded_model(name, version) as folder:
-        return load_forecaster(folder, device=device)
+        if recorded:
+            check_recorded_hashes(folder, recorded, source)
+        else:
+            run_logger(__name__).warning(
+                "%s has no sha256 recorded in MLflow (registered before they were); checked against its own "
+                "manifest only",
+                source,
+            )
+        return load_forecaster(folder, device=device, source=source)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])
