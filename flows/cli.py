@@ -68,6 +68,14 @@ def cli() -> None:
     help="Longest run of missing steps and NaN values that --gap-policy fill may fill.",
 )
 @click.option(
+    "--outlier-policy",
+    type=click.Choice(["fail", "warn", "clip"]),
+    default="fail",
+    show_default=True,
+    help="Values more than 10 MADs from their series' rolling median (49 points): refuse the batch, keep them "
+    "(logged and listed in the validation report), or clip them to the edge of that band.",
+)
+@click.option(
     "--calendar",
     metavar="MARKET",
     help="Daily series on this exchange's trading days, e.g. NYSE, XNYS, XLON: its weekends and holidays are no "
@@ -88,6 +96,7 @@ def ingest_command(
     tz: str | None,
     gap_policy: str,
     max_gap_steps: int | None,
+    outlier_policy: str,
     calendar: str | None,
     database_url: str | None,
 ) -> None:
@@ -109,14 +118,17 @@ def ingest_command(
         gap_policy="fill" if gap_policy == "fill" else "fail",
         max_gap_steps=max_gap_steps,
         calendar=calendar,
+        outlier_policy=cast(Literal["fail", "warn", "clip"], outlier_policy),
     )
     rows = len(result.summary.series)
+    outliers = result.report.outliers
     click.echo(
         f"ingested {result.source} into {result.database}: {result.new} new, {result.updated} updated, "
         f"{result.unchanged} unchanged ({rows} series"
         + (f", {result.report.filled_points} points filled" if result.report.filled_points else "")
         + (f" ({result.report.filled_nan} of them NaN values)" if result.report.filled_nan else "")
         + (f", {result.report.calendar} trading days" if result.report.calendar else "")
+        + (f", {outliers} outliers {'clipped' if result.report.clipped_points else 'kept'}" if outliers else "")
         + ")"
     )
     width = max([6, *(len(_printable(s.series_id)) for s in result.summary.series)])

@@ -36,7 +36,12 @@ def demo_flow(
         spec: Every setting of the training run: window, model, training, evaluation, data.
     """
     settings = get_settings()
-    ingest_flow(source=source, gap_policy=spec.data.gap_policy, max_gap_steps=spec.data.max_gap_steps)
+    ingest_flow(
+        source=source,
+        gap_policy=spec.data.gap_policy,
+        max_gap_steps=spec.data.max_gap_steps,
+        outlier_policy=spec.data.outlier_policy,
+    )
     training = train_flow(spec=spec)
     champion = alias_version_task(settings.tracking_uri, training.model_name)
     forecast = forecast_flow(registered_model=training.model_name) if champion is not None else None

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow
 
 from tasks.ingest import describe_source, read_source_task, write_observations_task
-from tasks.validate import GapPolicy, validate_observations_task
+from tasks.validate import GapPolicy, OutlierPolicy, validate_observations_task
 
 
 @flow(name="ingest")
@@ -25,10 +25,12 @@ def ingest_flow(
     gap_policy: GapPolicy = "fail",
     max_gap_steps: int | None = None,
     calendar: str | None = None,
+    outlier_policy: OutlierPolicy = "fail",
 ) -> dict[str, Any]:
     """Read `source` (retried on I/O errors), validate it (never retried), write it in one transaction.
 
     `calendar` ("NYSE", "XLON", ...) declares daily series on that exchange's trading days (holidays are no gaps).
+    `outlier_policy` refuses ("fail"), keeps ("warn") or clips ("clip") values far outside their series' band.
     """
     raw = read_source_task(
         source, query=query, time_col=time_col, value_col=value_col, series_col=series_col, series_id=series_id
@@ -40,6 +42,7 @@ def ingest_flow(
         max_gap_steps=max_gap_steps,
         source=describe_source(source, query),
         calendar=calendar,
+        outlier_policy=outlier_policy,
     )
     summary = write_observations_task(clean)
     return {
@@ -47,5 +50,6 @@ def ingest_flow(
         "updated": summary.updated,
         "unchanged": summary.unchanged,
         "series": len(summary.series),
+        "outliers": report.outliers,
         "validation_report": str(report.json_path),
     }

@@ -93,6 +93,7 @@ def train_flow(
     frame, report = validate_observations_task(
         frame,
         gap_policy=spec.data.gap_policy,
+        outlier_policy=spec.data.outlier_policy,
         max_gap_steps=spec.data.max_gap_steps,
         min_length=window.min_length(),
         source=f"observations as of {context.as_of.isoformat()}",

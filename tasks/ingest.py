@@ -26,7 +26,14 @@ from sqlalchemy import Engine
 
 from tasks.settings import get_settings, redact_url
 from tasks.store import WriteSummary, get_engine, upsert_observations
-from tasks.validate import REQUIRED_COLUMNS, DataValidationError, GapPolicy, ValidationReport, validate_observations
+from tasks.validate import (
+    REQUIRED_COLUMNS,
+    DataValidationError,
+    GapPolicy,
+    OutlierPolicy,
+    ValidationReport,
+    validate_observations,
+)
 
 SAMPLE_PREFIX = "sample:"
 SAMPLES: tuple[str, ...] = ("electricity", "temperature", "msft")
@@ -171,6 +178,7 @@ def load_source(
     gap_policy: GapPolicy = "fail",
     max_gap_steps: int | None = None,
     calendar: str | None = None,
+    outlier_policy: OutlierPolicy = "fail",
 ) -> pd.DataFrame:
     """The source as a validated long frame: series_id (str), ts (UTC-aware), value (float), sorted.
 
@@ -188,6 +196,7 @@ def load_source(
         source=describe_source(source, query),
         save=False,
         calendar=calendar,
+        outlier_policy=outlier_policy,
     )
     return clean
 
@@ -207,12 +216,14 @@ def ingest(
     min_length: int | Mapping[str, int] | None = None,
     save_report: bool = True,
     calendar: str | None = None,
+    outlier_policy: OutlierPolicy = "fail",
 ) -> IngestResult:
     """Read, validate, then upsert one batch into `target` (an engine or URL; default the settings' database).
 
     `calendar` ("NYSE", "XLON", ...) declares daily series on that exchange's trading days: its weekends and
-    holidays are no gaps, a missing trading day is. The database is not touched until the batch has passed
-    validation; the write is one transaction.
+    holidays are no gaps, a missing trading day is. `outlier_policy` refuses ("fail"), keeps ("warn") or clips
+    ("clip") values far outside their series' rolling band (see validate_observations). The database is not
+    touched until the batch has passed validation; the write is one transaction.
     """
     raw = read_source(
         source, query=query, time_col=time_col, value_col=value_col, series_col=series_col, series_id=series_id
@@ -227,6 +238,7 @@ def ingest(
         source=name,
         save=save_report,
         calendar=calendar,
+        outlier_policy=outlier_policy,
     )
     engine = target if isinstance(target, Engine) else get_engine(target or get_settings().db_url)
     summary = upsert_observations(engine, clean)

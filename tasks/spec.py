@@ -171,6 +171,11 @@ class DataSpec(_Part):
         le=1_000_000,
         description="Longest run of missing steps and NaN values that gap_policy fill may fill; needed with fill.",
     )
+    outlier_policy: Literal["fail", "warn", "clip"] = Field(
+        default="fail",
+        description="Values more than 10 rolling median absolute deviations from their neighbourhood's median: "
+        "refuse the series (fail), keep them and report them (warn), or clip them to the band's edge (clip).",
+    )
 
     @model_validator(mode="after")
     def _fill_needs_a_limit(self) -> DataSpec:

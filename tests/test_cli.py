@@ -77,7 +77,7 @@ def test_ingest_help_lists_its_options(tmp_path: Path) -> None:
     assert done.returncode == 0
     for option in ("--source", "--time-col", "--value-col", "--series-col", "--series-id", "--tz", "--query"):
         assert option in done.stdout
-    for option in ("--gap-policy", "--max-gap-steps", "--database-url"):
+    for option in ("--gap-policy", "--max-gap-steps", "--outlier-policy", "--database-url"):
         assert option in done.stdout
 
 
@@ -176,6 +176,25 @@ def test_gap_fill_from_the_command_line(
         == 0
     )
     assert ": 4 new, 0 updated, 0 unchanged (1 series, 1 points filled)" in capsys.readouterr().out
+
+
+def test_outlier_policy_from_the_command_line(
+    db_url: str, seqcast_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "load.csv"
+    rows = "".join(
+        f"2024-01-{1 + h // 24:02d}T{h % 24:02d}:00:00Z,{'1e12' if h == 40 else 30000 + (0, 100, -100)[h % 3]}\n"
+        for h in range(72)
+    )
+    path.write_text("ts,value\n" + rows)
+    assert main(["ingest", "--source", str(path), "--database-url", db_url]) == 1
+    err = capsys.readouterr().err
+    assert "value='1e12' (rolling median 30000, band 29000 to 31000)" in err and "--outlier-policy clip / warn" in err
+    assert _table_rows(db_url) == 0
+    assert main(["ingest", "--source", str(path), "--outlier-policy", "clip", "--database-url", db_url]) == 0
+    assert ": 72 new, 0 updated, 0 unchanged (1 series, 1 outliers clipped)" in capsys.readouterr().out
+    assert main(["ingest", "--source", str(path), "--outlier-policy", "warn", "--database-url", db_url]) == 0
+    assert ": 0 new, 1 updated, 71 unchanged (1 series, 1 outliers kept)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

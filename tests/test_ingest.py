@@ -236,6 +236,47 @@ def test_trailing_nan_is_refused_under_fill_and_writes_nothing(
     assert _snapshot(db_url) == baseline
 
 
+def _load_with_spike_csv(tmp_path: Path) -> Path:
+    """Three days of hourly load as a meter exports it (`timestamp,load`), with 1e12 at row 41; rolling median
+    30000, MAD 100, so the band is 29000 to 31000."""
+    rows = "".join(
+        f"2024-01-{1 + h // 24:02d}T{h % 24:02d}:00:00Z,{'1e12' if h == 40 else 30000 + (0, 100, -100)[h % 3]}\n"
+        for h in range(72)
+    )
+    return _csv(tmp_path, "load.csv", "timestamp,load\n" + rows)
+
+
+def test_a_1e12_load_value_is_refused_and_writes_nothing(
+    db_url: str, tmp_path: Path, baseline: list[tuple[Any, ...]]
+) -> None:
+    path = _load_with_spike_csv(tmp_path)
+    with pytest.raises(DataValidationError) as info:
+        ingest(str(path), db_url)
+    assert (
+        "1 of 72 values lie more than 10 MADs from their series' rolling median (49 points, centred) in series "
+        "'load' (1): row 41 series_id='load' ts='2024-01-02T16:00:00Z' value='1e12' (rolling median 30000, band "
+        "29000 to 31000); fix or drop them at the source, or pass --outlier-policy clip / warn "
+        "(outlier_policy='clip' clips them to the band's edge, 'warn' keeps them)"
+    ) in str(info.value)
+    assert _snapshot(db_url) == baseline  # not even the other 71 rows
+
+
+@pytest.mark.parametrize(("policy", "stored"), [("warn", 1e12), ("clip", 31000.0)])
+def test_outlier_policy_warn_keeps_and_clip_stores_the_band_edge(
+    db_url: str, tmp_path: Path, baseline: list[tuple[Any, ...]], policy: str, stored: float
+) -> None:
+    path = _load_with_spike_csv(tmp_path)
+    result = ingest(str(path), db_url, outlier_policy=policy)  # type: ignore[arg-type]
+    assert result.new == 72
+    assert (result.report.outliers, result.report.clipped_points) == (1, 1 if policy == "clip" else 0)
+    values = store.read_observations(store.get_engine(db_url), series_ids=["load"])["value"].tolist()
+    assert values[40] == stored
+    assert values[:40] + values[41:] == [30000.0 + (0, 100, -100)[h % 3] for h in range(72) if h != 40]
+    assert result.report.json_path is not None
+    saved = read_report(result.report.json_path)
+    assert saved["outlier_policy"] == policy and saved["outliers"] == 1
+
+
 def _nyse_close_csv(tmp_path: Path, name: str, start: str, end: str) -> tuple[Path, pd.DatetimeIndex]:
     """A stock close on NYSE trading days, as a data vendor ships it (`date,close`, no holiday rows)."""
     from models.frequency import to_offset
@@ -414,6 +455,19 @@ def test_failed_validation_in_the_flow_runs_once_and_writes_nothing(flow_env: st
     with pytest.raises(DataValidationError, match="values are not numbers"):
         ingest_flow(source=str(path))
     assert _snapshot(flow_env) == []
+
+
+@pytest.mark.integration
+def test_ingest_flow_refuses_an_outlier_then_clips_it(flow_env: str, tmp_path: Path) -> None:
+    from flows.ingest import ingest_flow
+
+    path = _load_with_spike_csv(tmp_path)
+    with pytest.raises(DataValidationError, match="or pass --outlier-policy clip / warn"):
+        ingest_flow(source=str(path))
+    assert _snapshot(flow_env) == []
+    result = ingest_flow(source=str(path), outlier_policy="clip")
+    assert result["new"] == 72 and result["outliers"] == 1
+    assert max(r[2] for r in _snapshot(flow_env)) == 31000.0
 
 
 def _run_read_task(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> tuple[int, str]:

@@ -119,6 +119,21 @@ def test_a_gap_in_stored_observations_stops_the_flow_before_training(train_env: 
     assert experiment is None or registry.get_client().search_runs([experiment.experiment_id]) == []
 
 
+def test_a_stored_outlier_stops_training_unless_the_spec_says_what_to_do_with_it(train_env: str, db_url: str) -> None:
+    from flows.train import train_flow
+
+    frame = _electricity(days=12)
+    frame.loc[300, "value"] = 1e12  # stored before validation had an outlier check
+    store.upsert_observations(store.get_engine(db_url), frame)
+    with pytest.raises(DataValidationError, match="--outlier-policy clip / warn"):
+        train_flow(TINY)
+    spec = TINY.model_copy(update={"data": TINY.data.model_copy(update={"outlier_policy": "clip"})})
+    summary = train_flow(spec)
+    params = registry.get_client().get_run(summary.parent_run_id).data.params
+    assert params["data.outlier_policy"] == "clip"
+    assert 0.5 < summary.baselines["naive"]["mase"] < 100  # a kept 1e12 would inflate the scale: MASE near 0
+
+
 def test_a_training_failure_marks_its_mlflow_runs_failed_and_registers_nothing(
     train_env: str, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.validate import DataValidationError, ValidationReport, latest_report_path, read_report, validate_observations
+from tasks.validate import (
+    CheckResult,
+    DataValidationError,
+    ValidationReport,
+    latest_report_path,
+    read_report,
+    validate_observations,
+)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "tasks" / "samples"
 
@@ -261,6 +268,10 @@ def test_passed_report_is_saved_too(seqcast_home: Path) -> None:
         ({"tz": "Mars/Olympus"}, "tz='Mars/Olympus' is not a time zone name"),
         ({"min_length": 0}, "min_length=0 must be >= 1"),
         ({"calendar": "MOON"}, "calendar='MOON' is not an exchange with a trading calendar; use one of ASX, B3,"),
+        (
+            {"outlier_policy": "drop"},
+            "outlier_policy='drop' is not one of ('fail', 'warn', 'clip'); use 'fail', 'warn'",
+        ),
     ],
 )
 def test_bad_arguments_say_the_fix(tmp_path: Path, kwargs: dict[str, object], phrase: str) -> None:
@@ -385,3 +396,94 @@ def test_declared_calendar_counts_a_missing_trading_day_as_a_gap(tmp_path: Path)
     assert report.filled_points == 1 and clean["ts"].dt.tz_localize(None).tolist() == list(days)
     # interpolated in trading days: halfway between the 3rd and the 8th, as the 4th and the weekend are no steps
     assert clean.loc[clean["ts"] == pd.Timestamp("2024-07-05", tz="UTC"), "value"].tolist() == [22.0]
+
+
+# --- outliers ---------------------------------------------------------------------------------------------------
+
+
+def _load_with_spike() -> pd.DataFrame:
+    """Three days of hourly load (30000, 30100, 29900 repeating: rolling median 30000, MAD 100) with 1e12 at 16:00
+    on day two (row 41)."""
+    ts = pd.date_range("2024-01-01", periods=72, freq="h").strftime("%Y-%m-%dT%H:%M:%SZ")
+    values = [str(30000 + (0, 100, -100)[h % 3]) for h in range(72)]
+    values[40] = "1e12"
+    return pd.DataFrame({"series_id": "load", "ts": ts, "value": values})
+
+
+def _outlier_check(report: ValidationReport) -> CheckResult:
+    return next(c for c in report.checks if c.check == "outliers")
+
+
+def test_a_1e12_in_a_load_series_is_refused_with_its_row_and_the_fix(tmp_path: Path) -> None:
+    error = _fail(_load_with_spike(), tmp_path)
+    assert _failed_checks(error) == {"outliers"}
+    assert (
+        "  - 1 of 72 values lie more than 10 MADs from their series' rolling median (49 points, centred) in series "
+        "'load' (1): row 41 series_id='load' ts='2024-01-02T16:00:00Z' value='1e12' (rolling median 30000, band "
+        "29000 to 31000); fix or drop them at the source, or pass --outlier-policy clip / warn "
+        "(outlier_policy='clip' clips them to the band's edge, 'warn' keeps them) "
+        "[expect_column_values_to_be_between on chk_outlier_score]"
+    ) in str(error)
+
+
+def test_warn_keeps_an_outlier_logs_it_and_reports_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tasks.validate"):
+        clean, report = validate_observations(
+            _load_with_spike(), source="test", outlier_policy="warn", report_dir=tmp_path
+        )
+    assert report.success and clean["value"].iloc[40] == 1e12
+    assert (report.outlier_policy, report.outliers, report.clipped_points) == ("warn", 1, 0)
+    assert report.series[0].outliers == 1
+    assert (
+        "series 'load' of test: 1 outliers kept (outlier_policy='warn'): row 41 series_id='load' "
+        "ts='2024-01-02T16:00:00Z' value='1e12' (rolling median 30000, band 29000 to 31000)"
+    ) in caplog.text
+    assert report.json_path is not None
+    saved = next(c for c in read_report(report.json_path)["checks"] if c["check"] == "outliers")
+    assert saved["success"] is True and saved["unexpected_count"] == 1
+    assert saved["examples"] == [
+        {
+            "row": 41,
+            "series_id": "load",
+            "ts": "2024-01-02T16:00:00Z",
+            "value": "1e12",
+            "median": 30000.0,
+            "low": 29000.0,
+            "high": 31000.0,
+        }
+    ]
+    assert "outlier policy `warn` (1 outliers kept)" in report.to_markdown()
+
+
+def test_clip_replaces_an_outlier_by_the_edge_of_its_band(tmp_path: Path) -> None:
+    frame = _load_with_spike()
+    clean, report = validate_observations(frame, outlier_policy="clip", report_dir=tmp_path)
+    # the band is rolling median 30000 +- 10 x MAD 100; 1e12 lies above it, so it becomes the upper edge
+    assert clean["value"].iloc[40] == 31000.0
+    expected = frame["value"].astype(float).drop(index=40)
+    assert clean["value"].drop(index=40).tolist() == expected.tolist()
+    assert (report.outliers, report.clipped_points) == (1, 1)
+    assert "clipped to the edge of their band (outlier_policy='clip')" in _outlier_check(report).message
+
+
+@pytest.mark.parametrize("name", ["electricity", "temperature", "msft"])
+def test_bundled_samples_pass_the_outlier_check_at_the_default(tmp_path: Path, name: str) -> None:
+    frame = pd.read_csv(SAMPLES / f"{name}.csv.gz", dtype=str, na_filter=False)
+    _, report = validate_observations(frame, report_dir=tmp_path)
+    check = _outlier_check(report)
+    assert check.success and check.unexpected_count == 0
+    assert report.outliers == 0
+
+
+def test_a_small_move_in_a_flat_stretch_is_no_outlier(tmp_path: Path) -> None:
+    # 30 hours flat at 60 (the window's MAD is 0) with one move to 62, then 42 hours of 70, 80, 90: the series' MAD
+    # of 10 floors the scale at 2.5, so the move scores 0.8; a move to 90 there scores 12 and is refused
+    values = [60.0] * 30 + [70.0, 80.0, 90.0] * 14
+    values[10] = 62.0
+    frame = pd.DataFrame({"series_id": "hr", "ts": pd.date_range("2024-01-01", periods=72, freq="h"), "value": values})
+    _, report = validate_observations(frame, report_dir=tmp_path)
+    assert _outlier_check(report).success and report.outliers == 0
+    frame.loc[10, "value"] = 90.0
+    assert "row 11 series_id='hr' ts='2024-01-01T10:00:00' value=90.0 (rolling median 60, band 35 to 85)" in str(
+        _fail(frame, tmp_path)
+    )
