@@ -305,6 +305,14 @@ def resolve_version(name: str, alias: str | None = None, version: str | None = N
     alias = alias or CHAMPION
     found = get_alias(name, alias)
     if found is None:
+        challenger = get_alias(name, CHALLENGER) if alias == CHAMPION else None
+        if challenger is not None:
+            reason = challenger.tags.get("promotion_reason", "it did not pass the promotion gate")
+            raise RegistryError(
+                f"registered model '{name}' has no '{alias}' yet: training ran, but v{challenger.version} was not "
+                f"promoted ({reason}). To forecast with it anyway, pass `--alias challenger`: the series on which "
+                "its network lost are served by their best baseline"
+            )
         raise RegistryError(
             f"registered model '{name}' has no '{alias}' alias yet; run `seqcast train` (or `seqcast demo`) first"
         )

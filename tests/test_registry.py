@@ -61,3 +61,20 @@ def test_unknown_version_is_a_clear_error(tiny_model_uri: tuple[str, str, str]) 
     registry.register_model(name, uri, run_id)
     with pytest.raises(registry.RegistryError, match="has no version 99"):
         registry.resolve_version(name, version="99")
+
+
+def test_no_champion_after_a_refused_training_says_why_and_how_to_forecast_anyway(
+    tiny_model_uri: tuple[str, str, str],
+) -> None:
+    name, run_id, uri = tiny_model_uri
+    version = str(registry.register_model(name, uri, run_id).version)
+    reason = "lstm mean per-series MASE 1.4510 does not beat naive 1.4410"
+    registry.apply_decision(name, version, False, reason)
+    with pytest.raises(registry.RegistryError) as caught:
+        registry.resolve_version(name)
+    assert str(caught.value) == (
+        f"registered model '{name}' has no 'champion' yet: training ran, but v{version} was not promoted ({reason}). "
+        "To forecast with it anyway, pass `--alias challenger`: the series on which its network lost are served by "
+        "their best baseline"
+    )
+    assert str(registry.resolve_version(name, registry.CHALLENGER).version) == version
