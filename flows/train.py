@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
 
+from models.frequency import season_length
 from tasks import evaluate, gate, plots, registry
 from tasks.run_context import Trigger, resolve_run_context
 from tasks.settings import get_settings
@@ -98,9 +99,9 @@ def train_flow(
         min_length=window.min_length(),
         source=f"observations as of {context.as_of.isoformat()}",
     )
-    seasons = evaluate.seasons_task(frame)
-    spec = resolve_spec_task(spec, frame, seasons.freq)
+    spec = resolve_spec_task(spec, frame)  # again on the validated rows: filling gaps may have lengthened series
     data = make_windows_task(frame, spec.window_config())
+    season = season_length(data.freq)  # MASE's scale: the frequency's natural cycle
 
     experiment_id = registry.configure_mlflow_task(
         settings.tracking_uri, experiment or settings.experiment, settings.artifact_root
@@ -118,7 +119,7 @@ def train_flow(
         fit = train_candidate_task(data, spec.train_config(cell), registry.epoch_logger(run_id))
         predicted = evaluate.forecast_test_windows_task(fit, data)
         scores = evaluate.evaluate_task(
-            data, predicted, seasons.season, baseline_seasons, model_name=cell, artifact_key=f"test-evaluation-{cell}"
+            data, predicted, season, baseline_seasons, model_name=cell, artifact_key=f"test-evaluation-{cell}"
         )
         with tempfile.TemporaryDirectory(prefix="seqcast-plots-") as plots_dir:
             best_baseline = scores.best_baseline()
@@ -139,7 +140,7 @@ def train_flow(
         candidates.append(CandidateSummary(cell, run_id, model_uri, scores.metrics()))
 
     best = candidates[list(evaluations).index(gate.best_candidate(evaluations))]
-    champion = gate.score_champion_task(model_name, data, seasons.season, baseline_seasons)
+    champion = gate.score_champion_task(model_name, data, season, baseline_seasons)
     decision = gate.decide_promotion(evaluations[best.cell], champion)
     version = registry.register_model_task(model_name, best.model_uri, best.run_id)
     alias = registry.apply_decision_task(model_name, version, decision.promote, decision.reason)

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from tasks.windowing import WindowedData
 
 from models.baselines import as_starts, baseline_forecasts, baseline_methods, serve_with_fallback
-from models.frequency import infer_freq, season_length
 from models.packaging import LoadedForecaster, forecast_origins
 from models.windows import SeriesPanel
 
@@ -325,11 +324,7 @@ class Evaluation:
         )
         for name, scores in self.baselines.items():
             frame[f"{name}_mase"] = scores.per_series["mase"].to_numpy()
-        baseline_mase = frame[[f"{name}_mase" for name in self.baselines]].to_numpy()  # [S, B]
-        best = np.argmin(baseline_mase, axis=1)
-        names = list(self.baselines)
-        frame["best_baseline"] = [names[i] for i in best]
-        frame["best_baseline_mase"] = baseline_mase[np.arange(len(frame)), best]
+        frame["best_baseline"], frame["best_baseline_mase"] = best_baselines(self.baselines)
         with np.errstate(divide="ignore", invalid="ignore"):
             frame["ratio"] = frame["model_mase"] / frame["best_baseline_mase"]
         frame["served"] = [self.fallback.get(sid, self.model_name) for sid in frame["series_id"]]
@@ -367,20 +362,25 @@ class Evaluation:
         return rows
 
 
+def best_baselines(baselines: dict[str, Scores]) -> tuple[list[str], np.ndarray]:
+    """Per series (in `per_series` order): the baseline with the lowest MASE (the first listed on a tie) and that
+    MASE `[S]`."""
+    names = list(baselines)
+    baseline_mase = np.stack([baselines[m].per_series["mase"].to_numpy() for m in names], axis=1)  # [S, B]
+    best = np.argmin(baseline_mase, axis=1)  # [S]
+    return [names[i] for i in best], baseline_mase[np.arange(len(best)), best]
+
+
 def choose_fallback(model: Scores, baselines: dict[str, Scores]) -> dict[str, str]:
     """Series -> best baseline, for every series on which the model's MASE is not below that baseline's.
 
     A tie goes to the baseline, and so does a NaN forecast: a series is served by the network only when the
     network is known to be better there.
     """
-    names = list(baselines)
-    baseline_mase = np.stack([baselines[m].per_series["mase"].to_numpy() for m in names], axis=1)  # [S, B]
-    best = np.argmin(baseline_mase, axis=1)  # [S]
-    best_mase = baseline_mase[np.arange(len(best)), best]
-    model_mase = model.per_series["mase"].to_numpy()
-    loses = ~(model_mase < best_mase)
+    best, best_mase = best_baselines(baselines)
+    loses = ~(model.per_series["mase"].to_numpy() < best_mase)
     ids = model.per_series["series_id"].tolist()
-    return {ids[k]: names[best[k]] for k in np.flatnonzero(loses)}
+    return {ids[k]: best[k] for k in np.flatnonzero(loses)}
 
 
 def evaluate_against_baselines(
@@ -495,24 +495,3 @@ def candidate_forecaster(fit: FitResult, data: WindowedData) -> LoadedForecaster
 def forecast_test_windows_task(fit: FitResult, data: WindowedData) -> np.ndarray:
     """The candidate's forecasts from every test origin, in original units."""
     return forecast_test_windows(candidate_forecaster(fit, data), data)
-
-
-@dataclass(frozen=True)
-class Seasons:
-    """The data's frequency and the season of MASE's scale (the seasonal-naive seasons come from the run spec)."""
-
-    freq: str
-    season: int
-
-
-def seasons_for(frame: pd.DataFrame, override: int | None = None) -> Seasons:
-    """Seasons from the frequency of the first series of a validated frame (all series share it)."""
-    first = frame["series_id"].iloc[0]
-    ts = pd.DatetimeIndex(frame.loc[frame["series_id"] == first, "ts"]).sort_values()
-    freq = infer_freq(ts)
-    return Seasons(freq=freq, season=season_length(freq, override))
-
-
-@task(name="seasons", cache_policy=NO_CACHE)
-def seasons_task(frame: pd.DataFrame, override: int | None = None) -> Seasons:
-    return seasons_for(frame, override)
