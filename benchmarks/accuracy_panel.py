@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/accuracy_panel.py` as well a
     sys.path.insert(0, str(ROOT))
 
 if TYPE_CHECKING:
+    from models.intervals import IntervalCalibration
     from tasks.evaluate import Evaluation, Scores
     from tasks.windowing import WindowedData
 
@@ -61,6 +62,8 @@ RANDOM_WALK_SLACK = 0.02  # (b): the model within 2 % of naive on random walks
 BEAT_KINDS = ("trend+season", "multi-seasonal")  # (b): the model must beat the better baseline on these
 RANDOM_WALK = "random walk"
 QUICK_EPOCHS = 2
+INTERVAL_LEVEL = 0.9  # the run spec's default (EvaluationSpec.interval_level)
+COVERAGE_SLACK = 0.03  # the intervals issue: coverage within 3 points of the level on most series
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,6 +227,7 @@ class Scored:
     scores: Scores = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
     validation: np.ndarray | None = field(default=None, repr=False)  # the model's forecasts [N_val, H]
+    calibration: IntervalCalibration | None = field(default=None, repr=False)  # the model's intervals
 
     @property
     def mase(self) -> float:
@@ -251,6 +255,8 @@ def evaluate_with_seqcast(
     predicted: np.ndarray,
     starts: np.ndarray | None = None,
     fallback: dict[str, str] | None = None,
+    calibration: IntervalCalibration | None = None,
+    model_name: str = "model",
 ) -> Evaluation:
     """`tasks.evaluate.evaluate_against_baselines` on the test windows (or `starts`), seasonal naive at MASE's
     season and at the `extra` ones; `fallback` None lets seqcast choose it from these same windows."""
@@ -266,6 +272,8 @@ def evaluate_with_seqcast(
         data.splits.train_end,
         seasons=list(extra),
         fallback=fallback,
+        calibration=calibration,
+        model_name=model_name,
     )
 
 
@@ -409,12 +417,14 @@ def check_scalings(scalings: Sequence[str]) -> None:
 
 
 def seqcast_forecasts(
-    data: WindowedData, cell: str, overrides: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    data: WindowedData, cell: str, overrides: dict[str, Any], seasons: Sequence[int] = ()
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], IntervalCalibration]:
     """Train one cell at TrainConfig's defaults (plus `overrides`) and forecast the test windows as serving would;
-    also its validation windows (where a fallback can be chosen without looking at the test part)."""
+    also its validation windows (where a fallback can be chosen without looking at the test part), and calibrate
+    its intervals (and the baselines' at `seasons`) on them as the train flow does."""
     from models.packaging import forecast_origins
     from tasks.evaluate import candidate_forecaster, forecast_test_windows
+    from tasks.intervals import calibrate_intervals
     from tasks.train import TrainConfig, fit_forecaster
 
     config = TrainConfig.model_validate({"cell": cell, **overrides})
@@ -423,14 +433,113 @@ def seqcast_forecasts(
     forecaster = candidate_forecaster(fit, data)
     forecasts = forecast_test_windows(forecaster, data)
     validation = forecast_origins(forecaster, data.panel, *data.window_index(data.val_starts))
+    calibration = calibrate_intervals(forecaster, data, INTERVAL_LEVEL, seasons[0], seasons[1:])
     info = {
+        "cell": cell,
         "train_s": round(time.perf_counter() - started, 2),
         "epochs": len(fit.history),
         "best_epoch": fit.best_epoch,
         "train_windows": len(data.train_starts),
         "scaling": getattr(fit.config, "scaling", None),
     }
-    return forecasts, validation, info
+    return forecasts, validation, info, calibration
+
+
+INTERVAL_VARIANTS: dict[
+    str, tuple[int | str, bool]
+] = {  # name -> (lag of the window spread, 0 = unscaled; "m" = MASE's season; pooled over steps)
+    "one_step": (1, False),
+    "seasonal": ("m", False),
+    "unscaled": (0, False),
+    "one_step_pooled": (1, True),
+    "seasonal_pooled": ("m", True),
+}
+
+
+def interval_variant(
+    data: WindowedData,
+    forecasts_val: dict[str, np.ndarray],
+    served: np.ndarray,
+    methods: np.ndarray,
+    scale: np.ndarray,
+    lag: int,
+    pooled: bool,
+) -> dict[str, float | None]:
+    """Coverage and MSIS on the test windows of intervals calibrated on the validation windows: scores = |error| /
+    the window's mean |y[t] - y[t - lag]| (floored as seqcast floors it; lag 0: unscaled), a conformal quantile per
+    step or pooled over steps, per method."""
+    from models.intervals import (
+        IntervalCalibration,
+        conformal_quantiles,
+        spread_floors,
+        step_conformal_quantiles,
+        window_spread,
+    )
+    from tasks.intervals import score_intervals
+
+    panel, lookback = data.panel, data.lookback
+    val = np.asarray(data.val_starts, dtype=np.int64)
+    test = np.asarray(data.test_starts, dtype=np.int64)
+
+    def spread(starts: np.ndarray) -> np.ndarray:
+        if lag == 0:
+            return np.ones(len(starts))
+        floors = spread_floors(panel.values, panel.offsets[:-1], data.splits.train_end, lag)
+        series, _ = data.window_index(starts)
+        return np.maximum(window_spread(panel.values, starts, lookback, lag), floors[series])
+
+    actual_val = data.targets(val)
+    spread_val = spread(val)
+    quantiles = {}
+    for method, fc in forecasts_val.items():
+        scores = np.abs(actual_val - fc) / spread_val[:, None]
+        quantiles[method] = (
+            conformal_quantiles(scores, INTERVAL_LEVEL) if pooled else step_conformal_quantiles(scores, INTERVAL_LEVEL)
+        )
+    half = IntervalCalibration(INTERVAL_LEVEL, quantiles).row_quantiles(methods) * spread(test)[:, None]
+    series, _ = data.window_index(test)
+    scores = score_intervals(data.targets(test), served - half, served + half, INTERVAL_LEVEL, series, scale)
+    return {"coverage": _r(scores.coverage), "msis": _r(scores.msis)}
+
+
+def interval_figures(
+    data: WindowedData, model: Scored, season: int, extra: Sequence[int], fallback: dict[str, str]
+) -> dict[str, Any]:
+    """Coverage, width and MSIS on the test windows of what is served (the model with `fallback`), with seqcast's
+    intervals, and the coverage and MSIS of the alternatives in INTERVAL_VARIANTS (the measurement that chose
+    seqcast's method)."""
+    from models.baselines import serve_with_fallback
+
+    assert model.calibration is not None and model.validation is not None
+    cell = str(model.info["cell"])
+    evaluation = evaluate_with_seqcast(
+        data, season, extra, model.forecasts, fallback=fallback, calibration=model.calibration, model_name=cell
+    )
+    product = evaluation.intervals["served"]
+    val = evaluate_with_seqcast(data, season, extra, model.validation, starts=data.val_starts, fallback=fallback)
+    forecasts_val = {cell: model.validation, **val.baseline_forecasts}
+    series, _ = data.window_index(data.test_starts)
+    ids = np.asarray(data.panel.series_ids, dtype=object)[series]
+    methods = np.array([fallback.get(sid, cell) for sid in ids], dtype=object)
+    served = serve_with_fallback(
+        model.forecasts, evaluation.baseline_forecasts, data.panel.series_ids, series, fallback
+    )
+    scale = evaluation.served.per_series["mase_scale"].to_numpy()
+    m = season if 1 < season < data.lookback else 1
+    variants = {
+        name: interval_variant(data, forecasts_val, served, methods, scale, lag if isinstance(lag, int) else m, pooled)
+        for name, (lag, pooled) in INTERVAL_VARIANTS.items()
+    }
+    return {
+        "level": INTERVAL_LEVEL,
+        "coverage": _r(product.coverage),
+        "coverage_step_min": _r(float(np.min(product.coverage_by_step))),
+        "coverage_step_max": _r(float(np.max(product.coverage_by_step))),
+        "width": _r(product.width),
+        "msis": _r(product.msis),
+        "val_windows": len(data.val_starts),
+        "variants": variants,
+    }
 
 
 def served_column(
@@ -514,9 +623,10 @@ def run_entry(
     models: dict[tuple[str, str], Scored] = {}
     for variant, overrides in variants.items():
         for cell in cells:
-            forecasts, validation, info = seqcast_forecasts(data, cell, overrides)
+            forecasts, validation, info, calibration = seqcast_forecasts(data, cell, overrides, [season, *extra])
             models[(variant, cell)] = score_method(data, season, forecasts, info)
             models[(variant, cell)].validation = validation
+            models[(variant, cell)].calibration = calibration
             log(
                 f"{spec.name}: {cell}{'' if variant == DEFAULT_VARIANT else f' ({variant})'} MASE "
                 f"{models[(variant, cell)].mase:.3f} in {info['train_s']:.1f} s ({info['epochs']} epochs)"
@@ -559,6 +669,9 @@ def variant_rows(entries: list[EntryRun], variant: str, cells: Sequence[str]) ->
                 "served_by": chosen,
                 "ets_model": e.ets.info.get("model") if e.ets is not None else e.ets_note,
                 "train": {cell: e.models[(variant, cell)].info for cell in cells},
+                "intervals": interval_figures(
+                    e.data, model, e.season, e.extra_seasons, served["served"].info["fallback"]
+                ),
             }
         )
     return rows, best_cell
@@ -809,6 +922,7 @@ def markdown_lines(results: dict[str, Any]) -> list[str]:
         if resolved == "auto":  # which scaling each network kept (the lower validation loss)
             kept = [f"{r['series']} " + "/".join(str(r["train"][c].get("scaling")) for c in cells) for r in v["rows"]]
             lines += ["", f"Scaling kept by auto ({'/'.join(cells)}): " + "; ".join(kept) + "."]
+        lines += ["", *interval_lines(v["rows"])]
         means = v["mean_mase"]
         order = ["naive", "seasonal_naive", "ets", *cells, "best_cell", "served", "served_val"]
         lines += ["", "Panel mean MASE: " + ", ".join(f"{k} {_cell(means.get(k))}" for k in order) + ".", ""]
@@ -823,6 +937,61 @@ def markdown_lines(results: dict[str, Any]) -> list[str]:
     ]
     lines += ["AutoETS models chosen: " + "; ".join(chosen) + ".", ""]
     lines += [f"{len(results['series'])} series in {results['seconds']:.0f} s ({results['mode']}).", ""]
+    return lines
+
+
+def interval_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The served intervals per series (coverage overall and its range over horizon steps, width, MSIS), then
+    every variant's coverage per series and its panel summary."""
+    level = INTERVAL_LEVEL
+    scored = [r for r in rows if r.get("intervals")]
+    names = list(INTERVAL_VARIANTS)
+    lines = [
+        f"Prediction intervals of what is served, nominal {level:.0%}, calibrated on the validation windows and "
+        "scored on the test windows. MSIS: interval score / MASE scale, lower is better. seqcast's: the window "
+        "spread over MASE's season when the lookback holds 4 of them (else one step), one conformal quantile pooled "
+        "over steps. Variants (coverage / MSIS): the spread's lag (one_step: 1; seasonal: MASE's season whenever it "
+        "fits; unscaled: none), a quantile per step or one pooled over steps.",
+        "",
+        "| series | val windows | coverage | by step | width | MSIS | " + " | ".join(names) + " |",
+        "|" + "---|" * (6 + len(names)),
+    ]
+    for r in scored:
+        i = r["intervals"]
+        cells = [f"{_cell(v['coverage'])} / {_cell(v['msis'], 2)}" for v in i["variants"].values()]
+        lines.append(
+            f"| {r['series']} | {i['val_windows']} | {_cell(i['coverage'])} | {_cell(i['coverage_step_min'], 2)}-"
+            f"{_cell(i['coverage_step_max'], 2)} | {_cell(i['width'], 4)} | {_cell(i['msis'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    if scored:
+        lines += [
+            "",
+            "| variant | within 3 points | mean abs. miss | mean coverage | mean MSIS |",
+            "|---|---|---|---|---|",
+        ]
+        for name in names:
+            cov = np.array([_num(r["intervals"]["variants"][name]["coverage"]) for r in scored])
+            msis = np.array([_num(r["intervals"]["variants"][name]["msis"]) for r in scored])
+            near = int(np.sum(np.abs(cov - level) <= COVERAGE_SLACK))
+            lines.append(
+                f"| {name} | {near} / {len(scored)} | {np.mean(np.abs(cov - level)):.3f} | {np.mean(cov):.3f} | "
+                f"{np.mean(msis):.3f} |"
+            )
+        cov = np.array([_num(r["intervals"]["coverage"]) for r in scored])
+        msis = np.array([_num(r["intervals"]["msis"]) for r in scored])
+        near = int(np.sum(np.abs(cov - level) <= COVERAGE_SLACK))
+        lines.insert(
+            lines.index("| variant | within 3 points | mean abs. miss | mean coverage | mean MSIS |") + 2,
+            f"| **seqcast** | {near} / {len(scored)} | {np.mean(np.abs(cov - level)):.3f} | {np.mean(cov):.3f} | "
+            f"{np.mean(msis):.3f} |",
+        )
+        lines += [
+            "",
+            f"Coverage within {COVERAGE_SLACK * 100:.0f} points of {level:.0%} (seqcast's): {near} / {len(scored)} "
+            "series.",
+        ]
     return lines
 
 

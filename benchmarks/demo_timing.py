@@ -58,6 +58,7 @@ TASK_STAGES = {
     "forecast_test_windows_task": "evaluate",
     "evaluate_task": "evaluate",
     "plot_forecasts_task": "evaluate",
+    "plot_mae_by_step_task": "evaluate",
     "score_champion_task": "evaluate",
     "publish_decision_task": "evaluate",
     "configure_mlflow_task": "register (MLflow)",

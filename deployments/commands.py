@@ -4,7 +4,9 @@ docker/compose.yaml runs these commands in containers; tests/servers.py runs the
 subprocesses against the local PostgreSQL; tests/test_docker.py fails when compose and this module drift
 apart. Only addresses and sizes are arguments. Secrets (database URLs with passwords) never go on a command
 line, where `ps` would show them: each program reads its URL from its own environment variable, and
-`SERVICE_ENV` lists what every service must be given.
+`SERVICE_ENV` lists what every service must be given. Each service is given its own variables only (compose's
+`environment:` per service, no shared env file), and `SERVICE_SECRETS` lists the passwords each may hold: one
+database role each, so no service holds another's.
 
 This module imports nothing beyond the standard library, so reading it costs nothing.
 """
@@ -18,7 +20,14 @@ WORKER_HEALTH_PATH = "/health"
 
 # Environment each service needs (names only; values come from docker/.env or from the fixtures).
 SERVICE_ENV: dict[str, tuple[str, ...]] = {
-    "postgres": ("POSTGRES_USER", "POSTGRES_PASSWORD"),
+    # The role passwords are read once, on the first start, by docker/postgres/init-databases.sh.
+    "postgres": (
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+        "PREFECT_DB_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "SEQCAST_DB_PASSWORD",
+    ),
     # Prefect reads its database from PREFECT_API_DATABASE_CONNECTION_URL (postgresql+asyncpg://...).
     "prefect-server": ("PREFECT_API_DATABASE_CONNECTION_URL",),
     # `mlflow server --backend-store-uri` falls back to MLFLOW_BACKEND_STORE_URI (postgresql+psycopg://...).
@@ -30,9 +39,21 @@ SERVICE_ENV: dict[str, tuple[str, ...]] = {
         "SEQCAST_WORK_POOL",
         "SEQCAST_TRAIN_CRON",
         "SEQCAST_FORECAST_CRON",
+        "SEQCAST_MONITOR_CRON",
+        "SEQCAST_RETRAIN_COOLDOWN_HOURS",
         "SEQCAST_TIMEZONE",
         "SEQCAST_PROJECT_DIR",
     ),
+}
+
+# The passwords (docker/.env) each service may hold, alone or inside a database URL: the role it logs in as. The
+# PostgreSQL server holds every one (it creates the roles); no other service holds another service's.
+SERVICE_SECRETS: dict[str, tuple[str, ...]] = {
+    "postgres": ("POSTGRES_PASSWORD", "PREFECT_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "SEQCAST_DB_PASSWORD"),
+    "prefect-server": ("PREFECT_DB_PASSWORD",),
+    "mlflow": ("MLFLOW_DB_PASSWORD",),
+    "worker": ("SEQCAST_DB_PASSWORD",),
+    "deploy": (),
 }
 
 
@@ -83,5 +104,6 @@ def prefect_worker(pool: str, name: str) -> list[str]:
 
 
 def deploy() -> list[str]:
-    """Register the three deployments (options from SEQCAST_WORK_POOL, SEQCAST_*_CRON, SEQCAST_TIMEZONE)."""
+    """Register the four deployments and the retraining automation (options from SEQCAST_WORK_POOL,
+    SEQCAST_*_CRON, SEQCAST_RETRAIN_COOLDOWN_HOURS, SEQCAST_TIMEZONE)."""
     return ["python", "-m", "flows.deploy"]

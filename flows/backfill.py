@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from prefect import flow
 
@@ -24,6 +25,7 @@ from tasks.forecast import (
     start_progress,
     write_forecasts_task,
 )
+from tasks.registry import log_serving_run_task
 from tasks.run_context import resolve_run_context
 from tasks.settings import get_settings
 from tasks.store import read_observations_task
@@ -35,21 +37,38 @@ __all__ = ["BackfillSummary", "Skipped", "backfill_flow"]
 def backfill_flow(
     start: dt.datetime,
     end: dt.datetime,
-    every: str | None = None,
+    every: str | None = "1D",
     model_alias: str = "champion",
-    model_version: str | None = None,
-    series: list[str] | None = None,
-    registered_model: str | None = None,
+    model_version: str | None = "",
+    series: Sequence[str] | None = (),
+    registered_model: str | None = "",
 ) -> BackfillSummary:
     """Forecast at every origin of [`start`, `end`] exactly as the forecast flow would have then.
 
-    - `every`: spacing of origin times as a pandas offset alias ("1D", "6h", "30min"; default: the model's
-      frequency). An origin time between observations snaps back to the last observation at or before it.
+    - Origins are `every` apart from `start` (one a day by default, as the nightly forecast makes them); an origin
+      time between observations snaps back to the last observation at or before it.
     - Each origin reads only observations with ts <= origin; origins without `lookback` regular observations
       before them, or stale ones, are skipped and reported.
-    - Writes go in chunks of whole origins, one transaction each; origins this model version already has in the
-      table are not recomputed, so a rerun after a failure fills in what is missing and duplicates nothing.
-    - `model_alias` / `model_version` / `registered_model`: as for the forecast flow (resolved once).
+    - Contract: each origin is written all or nothing, and a rerun completes the backfill. Rows go in chunks of
+      whole origins (all `horizon` steps of a series at an origin; `tasks.forecast.BACKFILL_CHUNK_ROWS` rows
+      each), one database transaction per chunk, so a run that fails or is killed, even with SIGKILL, leaves the
+      chunks it committed, each origin complete, and nothing of the chunk in flight. Origins this model version
+      already has in the table are not recomputed, so rerunning the same backfill writes exactly the missing
+      origins, duplicates nothing, and ends with the forecasts a run that never stopped would have written
+      (tests/faults/test_backfill_kill.py).
+    - The model is resolved once, so the whole backfill uses one version even if the alias moves meanwhile.
+    - The run leaves a record in the MLflow experiment: a run `backfill <start>..<end>`, as the forecast flow does.
+
+    Args:
+        start: First origin time, a date and time (UTC unless it carries an offset), e.g. 2000-08-01T00:00:00Z.
+        end: Last origin time, included (UTC unless it carries an offset); each origin reads only observations
+            up to itself.
+        every: Time between two origins, a pandas offset alias: "1D" (default: one origin a day), "6h", "30min",
+            "1W". None: one origin at every observation of the series.
+        model_alias: Registered model alias to forecast with, e.g. "champion" (default) or "challenger".
+        model_version: A registered version number, e.g. "3", used instead of the alias; empty: use the alias.
+        series: Backfill these series ids only; empty (default): every stored series.
+        registered_model: MLflow registered model name; empty (default): SEQCAST_REGISTERED_MODEL ("seqcast").
     """
     settings = get_settings()
     start_utc, end_utc = check_backfill_range(start, end, every)
@@ -82,5 +101,8 @@ def backfill_flow(
         every or loaded.freq,
         context.flow_run_id,
     )
-    publish_backfill_summary_task(summary)
+    record = log_serving_run_task(
+        settings.tracking_uri, settings.experiment, summary, context.mlflow_tags(), settings.artifact_root
+    )
+    publish_backfill_summary_task(summary, record)
     return summary

@@ -12,6 +12,7 @@ to see one); usage errors exit with 2, as click does.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import sys
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast, get_args
 
 import click
 from click.core import ParameterSource
+
+from flows.prefect_server import start_temporary_prefect_api
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -40,7 +43,7 @@ def cli() -> None:
     """
 
 
-@cli.command("ingest")
+@cli.command("ingest", short_help="Validate a source and upsert it into the observations table.")
 @click.option(
     "--source",
     metavar="SOURCE",
@@ -198,8 +201,12 @@ def _spec_params() -> list[click.Parameter]:
     defaults = RunSpec()
     params: list[click.Parameter] = []
     for part, name, info in spec_fields():
-        kind, multiple = _click_type(info.annotation)
         default = getattr(getattr(defaults, part), name)
+        if info.annotation is bool:  # a switch, e.g. `--register-rejected`
+            help_text = _option_help(info.description)
+            params.append(click.Option([spec_options()[name], name], is_flag=True, default=default, help=help_text))
+            continue
+        kind, multiple = _click_type(info.annotation)
         params.append(
             click.Option(
                 [spec_options()[name], name],
@@ -267,9 +274,35 @@ def _spec_error(ctx: click.Context, exc: ValidationError) -> click.UsageError:
     return click.UsageError("; ".join(f"{option}: {text}" if option else text for option, text in messages), ctx=ctx)
 
 
-@cli.command("train", cls=SpecCommand)
+_DATETIME = click.DateTime(
+    formats=[
+        "%Y-%m-%d",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S%z",
+        "%Y-%m-%d %H:%M:%S%z",
+    ]
+)
+
+
+# `--as-of` means the same in every command that reads observations: the rows with ts <= this time.
+AS_OF_HELP = "Use only the observations up to this time (UTC unless it has an offset; default now)."
+
+
+def _flow_console() -> Any:
+    """Start the temporary Prefect API (a server that dies with this command, flows/prefect_server.py) and give the
+    console that a flow runs under: Prefect's state lines dropped, progress bars on a terminal (flows/console.py).
+    Called after the command's options are checked, right before its flow."""
+    from flows.console import flow_console
+
+    return flow_console(temporary_api=start_temporary_prefect_api() is not None)
+
+
+@cli.command("train", cls=SpecCommand, short_help="Train LSTM and GRU candidates; promote the best if it wins.")
 @click.option("--series", multiple=True, metavar="ID", help="Train on these series only (repeatable; default all).")
-@click.option("--as-of", type=click.DateTime(), help="Use observations up to this time (UTC; default now).")
+@click.option("--as-of", type=_DATETIME, metavar="TIME", help=AS_OF_HELP)
 @click.pass_context
 def train_command(ctx: click.Context, series: tuple[str, ...], as_of: Any, **_: Any) -> None:
     """Train LSTM and GRU candidates, evaluate them against baselines and the champion, register the better.
@@ -277,13 +310,31 @@ def train_command(ctx: click.Context, series: tuple[str, ...], as_of: Any, **_: 
     Settings left out follow the data: lookback, horizon, evaluation stride and seasons come from its frequency.
     """
     spec = _run_spec(ctx)
+    _require_observations(list(series) or None)
     from flows.train import train_flow
 
-    summary = train_flow(spec=spec, series=list(series) or None, as_of=as_of)
+    with _flow_console():
+        summary = train_flow(spec=spec, series=list(series) or None, as_of=as_of)
     _print_training(summary)
 
 
-@cli.command("demo", cls=SpecCommand)
+def _require_observations(series: list[str] | None) -> None:
+    """Fail at once, before Prefect starts, when the store holds no observations (of these series) to train on."""
+    from models.errors import SeqcastError
+    from tasks.forecast import describe_ids, observation_span
+    from tasks.settings import get_settings, redact_url
+    from tasks.store import get_engine
+
+    url = get_settings().db_url
+    if observation_span(get_engine(url), series) is None:
+        which = "" if series is None else f" of series {describe_ids(series)}"
+        raise SeqcastError(
+            f"no observations{which} in {redact_url(url)} to train on; run `seqcast ingest --source ...` first "
+            "(e.g. --source sample:electricity)"
+        )
+
+
+@cli.command("demo", cls=SpecCommand, short_help="The whole pipeline on a sample: ingest, train, forecast.")
 @click.option("--source", default="sample:electricity", show_default=True, help="What to ingest first.")
 @click.pass_context
 def demo_command(ctx: click.Context, source: str, **_: Any) -> None:
@@ -291,7 +342,8 @@ def demo_command(ctx: click.Context, source: str, **_: Any) -> None:
     spec = _run_spec(ctx)
     from flows.demo import DemoSummary, demo_flow
 
-    summary = cast("DemoSummary", demo_flow(source=source, spec=spec))
+    with _flow_console():
+        summary = cast("DemoSummary", demo_flow(source=source, spec=spec))
     _print_training(summary.training)
     click.echo("")
     for line in summary.next_steps:
@@ -312,10 +364,9 @@ def _print_training(summary: Any) -> None:
     click.echo("  (MASE: mean over series of MAE / the in-sample seasonal-naive MAE of the training part)")
     if len(summary.series) > 1:
         _print_series(summary.series)
-    click.echo(
-        f"registered {summary.model_name} v{summary.version} ({summary.best_cell}) "
-        f"as '{summary.alias}': {summary.reason}"
-    )
+    if summary.run_url:
+        click.echo(f"  MLflow: {summary.run_url}")
+    click.echo(summary.outcome())  # registered as champion/challenger, or not registered and what keeps serving
 
 
 def _print_series(series: list[dict[str, Any]], limit: int = 20) -> None:
@@ -329,19 +380,6 @@ def _print_series(series: list[dict[str, Any]], limit: int = 20) -> None:
         )
     if len(series) > limit:
         click.echo(f"  ... and {len(series) - limit} more series (the full table is the run's gate_series.csv)")
-
-
-_DATETIME = click.DateTime(
-    formats=[
-        "%Y-%m-%d",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M:%S%z",
-        "%Y-%m-%d %H:%M:%S%z",
-    ]
-)
 
 
 def _model_options(function: Any) -> Any:
@@ -373,13 +411,13 @@ def _model_options(function: Any) -> Any:
     return function
 
 
-@cli.command("forecast")
+@cli.command("forecast", short_help="Write the champion's forecasts to the forecasts table.")
 @_model_options
 @click.option(
     "--as-of",
     type=_DATETIME,
     metavar="TIME",
-    help="Forecast from the observations up to this time (UTC unless it has an offset; default now).",
+    help=AS_OF_HELP,
 )
 @click.option(
     "--stale-policy",
@@ -394,13 +432,14 @@ def forecast_command(
     """Write the champion's forecasts from each series' last observation to the forecasts table."""
     from flows.forecast import forecast_flow
 
-    summary = forecast_flow(
-        model_alias=model_alias,
-        model_version=model_version,
-        series=list(series) or None,
-        as_of=as_of,
-        stale_policy="fail" if stale_policy == "fail" else "skip",
-    )
+    with _flow_console():
+        summary = forecast_flow(
+            model_alias=model_alias,
+            model_version=model_version,
+            series=list(series) or None,
+            as_of=as_of,
+            stale_policy="fail" if stale_policy == "fail" else "skip",
+        )
     click.echo(
         f"wrote {summary.rows_written} rows to {summary.table} ({summary.database}) with "
         f"{summary.model_name} v{summary.model_version} (MLflow run {summary.mlflow_run_id}), as of {summary.as_of}"
@@ -412,18 +451,21 @@ def forecast_command(
         width = max([6, *(len(_printable(s)) for s in summary.origins)])
         for sid, origin in summary.origins.items():
             click.echo(f"  {_printable(sid):<{width}}  origin {origin}")
+    if summary.realised is not None and summary.realised.rows:
+        click.echo(f"  where actuals exist: {summary.realised.describe()}")
     _print_skipped(summary.skipped, counts=False)
     click.echo("read them with:")
     click.echo(f"  {summary.command}")
 
 
-@cli.command("backfill")
+@cli.command("backfill", short_help="Forecasts as made at each past origin of a date range.")
 @click.option("--start", type=_DATETIME, required=True, metavar="TIME", help="First origin time (UTC unless offset).")
 @click.option("--end", type=_DATETIME, required=True, metavar="TIME", help="Last origin time (UTC unless offset).")
 @click.option(
     "--every",
     metavar="ALIAS",
-    help="Spacing of origins as a pandas offset alias, e.g. 1D, 6h, 30min (default: the series frequency).",
+    default="1D",
+    help="Time between two origins, a pandas offset alias such as 6h, 30min or 1W (default: 1D, one origin a day).",
 )
 @_model_options
 def backfill_command(
@@ -431,15 +473,18 @@ def backfill_command(
 ) -> None:
     """Forecasts that would have been made at each past origin in a date range, from the data known then."""
     from flows.backfill import backfill_flow
+    from tasks.forecast import check_backfill_range
 
-    summary = backfill_flow(
-        start=start,
-        end=end,
-        every=every,
-        model_alias=model_alias,
-        model_version=model_version,
-        series=list(series) or None,
-    )
+    check_backfill_range(start, end, every)  # a reversed range or a bad --every fails before Prefect starts
+    with _flow_console():
+        summary = backfill_flow(
+            start=start,
+            end=end,
+            every=every,
+            model_alias=model_alias,
+            model_version=model_version,
+            series=list(series) or None,
+        )
     click.echo(
         f"backfilled {summary.start} .. {summary.end} every {summary.every} with {summary.model_name} "
         f"v{summary.model_version} (MLflow run {summary.mlflow_run_id})"
@@ -450,6 +495,8 @@ def backfill_command(
         f"{summary.origins_existing} already in {summary.table}"
     )
     click.echo(f"  wrote {summary.rows_written} rows in {summary.chunks} transactions to {summary.database}")
+    if summary.realised is not None:
+        click.echo(f"  where actuals exist: {summary.realised.describe()}")
     _print_skipped(summary.skipped, counts=True)
     click.echo("read them with:")
     click.echo(f"  {summary.command}")
@@ -464,7 +511,115 @@ def _print_skipped(skipped: Sequence[Any], counts: bool) -> None:
         click.echo(f"  {_printable(s.series_id)}{count}: {s.reason}")
 
 
-@cli.command("deploy")
+@cli.command("monitor", short_help="Score past forecasts; flag degraded or drifting series.")
+@click.option(
+    "--model", "registered_model", metavar="NAME", help="Registered model (default: SEQCAST_REGISTERED_MODEL)."
+)
+@click.option("--version", "model_version", metavar="N", help="Monitor this version only (default: every version).")
+@click.option("--series", multiple=True, metavar="ID", help="Monitor these series only (repeatable; default all).")
+@click.option(
+    "--days", type=click.IntRange(1, 3660), default=7, show_default=True, help="Trailing window in nights (origins)."
+)
+@click.option(
+    "--nights",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Consecutive bad nights before a series counts as degraded (at most --days).",
+)
+@click.option(
+    "--factor",
+    type=click.FloatRange(min=1.0),
+    default=1.5,
+    show_default=True,
+    help="A night is bad when its realised MASE exceeds this factor x the test MASE.",
+)
+@click.option(
+    "--as-of", type=_DATETIME, metavar="TIME", help="Score with observations up to this time (UTC; default now)."
+)
+def monitor_command(
+    registered_model: str | None,
+    model_version: str | None,
+    series: tuple[str, ...],
+    days: int,
+    nights: int,
+    factor: float,
+    as_of: Any,
+) -> None:
+    """Score past forecasts against their actuals, compare with the model's test figures, flag degradation and
+    drift (and emit seqcast.forecast.degraded)."""
+    from flows.monitor import monitor_flow
+    from tasks.monitor import make_config
+
+    config = make_config(days=days, degraded_nights=nights, mase_factor=factor)
+    with _flow_console():
+        summary = monitor_flow(
+            config=config,
+            model_version=model_version,
+            series=list(series) or None,
+            registered_model=registered_model,
+            as_of=as_of,
+        )
+    click.echo(
+        f"monitored {_printable(summary.model_name)} as of {summary.as_of}, nights {summary.nights[0]} .. "
+        f"{summary.nights[-1]}: scores {summary.scores_new} new, {summary.scores_updated} updated, "
+        f"{summary.scores_unchanged} unchanged ({summary.database})"
+    )
+    if not summary.versions:
+        click.echo("  no forecasts of this model in the window: nothing to monitor")
+        return
+    click.echo(
+        f"  {'version':<8} {'status':<13} {'scores':>7}  {'MAE (test)':<20} {'MASE (test)':<18} coverage (level)"
+    )
+    for v in summary.versions:
+        status = v.status + ("" if v.current or v.status == "no scores" else "*")
+        click.echo(
+            f"  {'v' + v.version:<8} {status:<13} {v.rows:>7}  {_pair(v.mae, v.test_mae):<20} "
+            f"{_pair(v.mase, v.test_mase):<18} {_pair(v.coverage, v.level, 3)}"
+        )
+    if any(not v.current and v.status != "no scores" for v in summary.versions):
+        click.echo("  * replaced: no longer forecasting, so it raises no event")
+    _print_monitor_series(summary.series)
+    for v in summary.versions:
+        for finding in v.degraded:
+            click.echo(f"degraded: v{v.version} {_printable(finding.series_id)}: {'; '.join(finding.reasons)}")
+        for finding in v.drifted:
+            click.echo(f"drift: v{v.version} {_printable(finding.series_id)}: {'; '.join(finding.reasons)}")
+    for event_id in summary.events:
+        click.echo(f"event seqcast.forecast.degraded emitted ({event_id})")
+    for version, run_id in summary.mlflow_runs.items():
+        click.echo(f"MLflow: v{version} realised error over nights in run {run_id} (experiment {summary.experiment})")
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _pair(value: float | None, reference: float | None, digits: int = 4) -> str:
+    """`realised (reference)` with dashes for what is missing."""
+    return f"{_num(value, digits)} ({_num(reference, digits)})"
+
+
+def _print_monitor_series(rows: list[dict[str, Any]], limit: int = 50) -> None:
+    if not rows:
+        return
+    width = max([6, *(len(_printable(str(r["series_id"]), 40)) for r in rows[:limit])])
+    click.echo(
+        f"  {'version':<8} {'series':<{width}} {'scores':>7}  {'MAE':>9}  {'MASE (test)':<18} {'bad nights':>10}  "
+        "coverage (level)  status"
+    )
+    for r in rows[:limit]:
+        bad = f"{r['nights_bad']}/{r['nights']}"
+        click.echo(
+            f"  {'v' + str(r['model_version']):<8} {_printable(str(r['series_id']), 40):<{width}} {r['rows']:>7}  "
+            f"{_num(r['mae']):>9}  {_pair(r['mase'], r['test_mase']):<18} {bad:>10}  "
+            f"{_pair(r['coverage'], r['level'], 3):<17} {r['status']}{' (drift)' if r['drift'] else ''}"
+        )
+    if len(rows) > limit:
+        click.echo(f"  ... {len(rows) - limit} more series (all of them in the Prefect artifact monitor-series)")
+
+
+@cli.command("deploy", short_help="Register the deployments and the retraining automation.")
 @click.option("--work-pool", metavar="NAME", help="Process work pool to use (default: SEQCAST_WORK_POOL or seqcast).")
 @click.option(
     "--train-cron", metavar="CRON", help="Nightly training schedule (default: SEQCAST_TRAIN_CRON or 0 2 * * *)."
@@ -472,14 +627,37 @@ def _print_skipped(skipped: Sequence[Any], counts: bool) -> None:
 @click.option(
     "--forecast-cron", metavar="CRON", help="Forecast schedule (default: SEQCAST_FORECAST_CRON or 0 3 * * *)."
 )
-@click.option("--timezone", metavar="ZONE", help="Time zone of both schedules (default: SEQCAST_TIMEZONE or UTC).")
+@click.option(
+    "--monitor-cron", metavar="CRON", help="Monitoring schedule (default: SEQCAST_MONITOR_CRON or 0 1 * * *)."
+)
+@click.option(
+    "--retrain-cooldown-hours",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="H",
+    help="Least hours between two retrainings the degradation event starts, per model (default: "
+    "SEQCAST_RETRAIN_COOLDOWN_HOURS or 72).",
+)
+@click.option("--timezone", metavar="ZONE", help="Time zone of the schedules (default: SEQCAST_TIMEZONE or UTC).")
 def deploy_command(
-    work_pool: str | None, train_cron: str | None, forecast_cron: str | None, timezone: str | None
+    work_pool: str | None,
+    train_cron: str | None,
+    forecast_cron: str | None,
+    monitor_cron: str | None,
+    retrain_cooldown_hours: float | None,
+    timezone: str | None,
 ) -> None:
-    """Register the deployments on the Prefect API: nightly training, scheduled forecasts, on-demand backfill."""
+    """Register the deployments on the Prefect API (nightly training, scheduled forecasts, on-demand backfill,
+    nightly monitoring) and the automation that retrains when the monitor finds a model degraded."""
     from flows.deploy import deploy_command as deploy
 
-    deploy(work_pool=work_pool, train_cron=train_cron, forecast_cron=forecast_cron, timezone=timezone)
+    deploy(
+        work_pool=work_pool,
+        train_cron=train_cron,
+        forecast_cron=forecast_cron,
+        timezone=timezone,
+        monitor_cron=monitor_cron,
+        retrain_cooldown_hours=retrain_cooldown_hours,
+    )
 
 
 def _printable(text: str, limit: int = 80) -> str:
@@ -495,6 +673,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that spin while waiting cut RNN training 3-10x when the cores are shared (docs/benchmarks.md);
     # this must be set before torch is first imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # MLflow's INFO lines (creating its tables, validating the input example) say nothing a user acts on; its
+    # warnings stay. Read when mlflow is first imported.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if not os.environ.get("SEQCAST_DEBUG"):
+        _quiet_expected_errors()
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="seqcast", standalone_mode=False)
     except click.ClickException as exc:  # usage errors: click's own message and exit code 2
@@ -516,24 +699,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
+def _quiet_expected_errors() -> None:
+    """In a terminal, a store that is down or hung ends in one message: no Prefect traceback of our own errors
+    (flows/console.py), no urllib3 line per MLflow retry (the message counts the tries). SEQCAST_DEBUG=1 keeps both."""
+    from flows.console import quiet_expected_errors
+
+    quiet_expected_errors()
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
 def _error_message(exc: BaseException) -> str:
-    """One message for an error: ours as written, database errors without SQL or passwords, others with their type."""
-    expected = {
-        "DataValidationError",
-        "SourceError",
-        "SchemaVersionError",
-        "RegistryError",
-        "TrainingDivergedError",
-        "ForecastInputError",
-        "BackfillRangeError",
-        "DeployError",
-    }
-    if type(exc).__name__ in expected:
+    """One message for an error: ours (any SeqcastError) as written, database and MLflow errors that no boundary
+    converted as their first line without SQL or passwords, others with their type."""
+    from models.errors import SeqcastError
+
+    if isinstance(exc, SeqcastError):
         return str(exc)
     if type(exc).__module__.startswith("sqlalchemy"):
         orig = getattr(exc, "orig", None)
         detail = str(orig if orig is not None else exc).strip().splitlines()
         return f"database error ({type(exc).__name__}): {detail[0] if detail else exc!r}"
+    if type(exc).__module__.startswith("mlflow"):
+        detail = str(getattr(exc, "message", exc)).strip().splitlines()
+        return f"MLflow error ({type(exc).__name__}): {detail[0] if detail else exc!r}"
     if isinstance(exc, OSError | ValueError):
         return str(exc) or type(exc).__name__
     return f"unexpected {type(exc).__name__}: {exc} (set SEQCAST_DEBUG=1 to see the traceback)"

@@ -10,10 +10,14 @@ from flows.forecast import ForecastSummary, forecast_flow
 from flows.ingest import ingest_flow
 from flows.train import TrainSummary, train_flow
 from tasks.forecast import FORECASTS_TABLE, alias_version_task, read_command
+from tasks.registry import experiment_url, mlflow_ui_url
 from tasks.settings import get_settings
 from tasks.spec import RunSpec
 
-DEMO_QUERY = f"select series_id, origin_ts, target_ts, point from {FORECASTS_TABLE} order by target_ts limit 10"  # noqa: S608
+DEMO_QUERY = (
+    f"select series_id, target_ts, point, lower, upper, level, method from {FORECASTS_TABLE} "  # noqa: S608
+    "order by target_ts limit 10"
+)
 
 
 @dataclass
@@ -52,26 +56,49 @@ def next_steps(training: TrainSummary | None = None, forecast: ForecastSummary |
     """The commands that open what the demo made."""
     settings = get_settings()
     lines: list[str] = []
+    # the training summary above says why nothing was registered; here, what that leaves to look at
+    unregistered = training is not None and training.version is None
     if forecast is not None:
         origins = sorted(set(forecast.origins.values()))
         origin = origins[0] if len(origins) == 1 else f"{origins[0]} .. {origins[-1]}"
         lines += [
-            f"Forecasts: {forecast.rows_written} rows of {forecast.model_name} v{forecast.model_version} in table "
-            f"`{forecast.table}` of {forecast.database} (origin {origin}, {len(forecast.origins)} series"
+            f"Forecasts: {forecast.rows_written} rows of {forecast.model_name} v{forecast.model_version}"
+            + (" (the previous champion: this training registered nothing)" if unregistered else "")
+            + f" in table `{forecast.table}` of {forecast.database} (origin {origin}, {len(forecast.origins)} series"
             + (f", {len(forecast.skipped)} skipped" if forecast.skipped else "")
             + "). Read some:",
             f"  {read_command(settings.db_url, DEMO_QUERY)}",
         ]
     elif training is not None:
+        why = "" if unregistered else f" ({training.reason})"
         lines += [
-            f"No forecasts written: there is no champion yet ({training.reason}).",
-            "  The first model must beat seasonal naive to become champion; try more epochs "
+            "No forecasts written: " + ("nothing was registered, and " if unregistered else "") + f"there is no "
+            f"champion yet{why}.",
+            "  The first model must beat every baseline to become champion; try more epochs "
             "(seqcast demo --epochs 40) or a longer lookback.",
         ]
     return [
         *lines,
-        "Open the MLflow UI on these runs:",
-        f"  mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000   # then http://127.0.0.1:5000",
+        *mlflow_ui_lines(settings.tracking_uri, training),
         "Open the Prefect UI on these flow runs:",
         "  prefect server start   # then http://127.0.0.1:4200",
+    ]
+
+
+MLFLOW_UI_PORT = 5000
+
+
+def mlflow_ui_lines(tracking_uri: str, training: TrainSummary | None = None) -> list[str]:
+    """How to open the runs in the MLflow UI: the server's own page when the tracking URI is one, else an `mlflow
+    ui` on the embedded store that starts lean (one worker), and the link that opens the experiment's runs (MLflow
+    3's UI opens its GenAI overview without `workflowType=machine_learning`)."""
+    server = mlflow_ui_url(tracking_uri)
+    ui = server or f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+    page = f"{ui}/" if training is None else experiment_url(ui, training.experiment_id)
+    if server is not None:
+        return ["Open the MLflow UI on these runs:", f"  {page}"]
+    return [
+        "Open the MLflow UI on these runs:",
+        f"  mlflow ui --backend-store-uri {tracking_uri} --workers 1 --port {MLFLOW_UI_PORT}",
+        f"  then {page}",
     ]

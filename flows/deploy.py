@@ -1,8 +1,20 @@
-"""Register seqcast's three deployments with a Prefect API, on a process work pool that runs the local code.
+"""Register seqcast's four deployments and its retraining automation with a Prefect API, on a process work pool that
+runs the local code.
 
-- `seqcast-train/nightly`: retrains every night (02:00 by default), one run at a time (later ones wait).
-- `seqcast-forecast/nightly`: writes the champion's forecasts after training (03:00 by default).
+- `seqcast-train/nightly-retrain`: retrains every night (02:00 by default), one run at a time (later ones wait).
+- `seqcast-forecast/nightly-forecast`: writes the champion's forecasts after training (03:00 by default).
 - `seqcast-backfill/on-demand`: no schedule; started from the dashboard with a date range.
+- `seqcast-monitor/nightly-monitor`: scores the forecasts whose actuals arrived and compares them with the model's
+  test figures (01:00 by default: after the day's observations, before training), raising
+  `seqcast.forecast.degraded`.
+- The automation `seqcast-retrain-on-degradation`: on `seqcast.forecast.degraded`, runs
+  `seqcast-train/nightly-retrain`; at most once per cool-down (72 h by default) per registered model
+  (`ensure_retrain_automation`).
+
+Every schedule carries its time zone (SEQCAST_TIMEZONE, UTC by default), and each deployment's description says
+when it runs, in that zone, since the dashboard's schedule badge shows the time alone. Deployments seqcast
+registered under former names (`seqcast-train/nightly`, ...) are deleted once their successors are registered,
+so an upgrade never leaves two schedules running the same flow.
 
 The deployments point at the project folder (a pull step sets the working directory to it), so a worker on
 this machine, or in the image built from docker/Dockerfile where the project lives at SEQCAST_PROJECT_DIR,
@@ -24,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.errors import SeqcastError
+
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
     from prefect.flows import Flow
@@ -31,12 +45,20 @@ if TYPE_CHECKING:
 WORK_POOL = "seqcast"
 CRON_TRAIN = "0 2 * * *"
 CRON_FORECAST = "0 3 * * *"
+CRON_MONITOR = "0 1 * * *"  # an hour before training: the day's actuals are in, and a degradation can retrain at 02:00
+# The retraining automation fires on the first degradation event of a registered model, then ignores that model's
+# events for this long: a model trained meanwhile needs `degraded_nights` (3) scored nights before it can be called
+# degraded, so retraining sooner would act on evidence about the model it replaced.
+RETRAIN_COOLDOWN_HOURS = 72.0
+RETRAIN_AUTOMATION = "seqcast-retrain-on-degradation"
 TIMEZONE = "UTC"
 
 # Environment variables that override the defaults above (compose's deploy service sets them from docker/.env).
 ENV_WORK_POOL = "SEQCAST_WORK_POOL"
 ENV_TRAIN_CRON = "SEQCAST_TRAIN_CRON"
 ENV_FORECAST_CRON = "SEQCAST_FORECAST_CRON"
+ENV_MONITOR_CRON = "SEQCAST_MONITOR_CRON"
+ENV_RETRAIN_COOLDOWN = "SEQCAST_RETRAIN_COOLDOWN_HOURS"
 ENV_TIMEZONE = "SEQCAST_TIMEZONE"
 ENV_PROJECT_DIR = "SEQCAST_PROJECT_DIR"
 # Set in every flow run's process: a worker may run flows side by side, and OpenMP threads that spin while they
@@ -44,7 +66,7 @@ ENV_PROJECT_DIR = "SEQCAST_PROJECT_DIR"
 FLOW_RUN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-class DeployError(RuntimeError):
+class DeployError(SeqcastError, RuntimeError):
     """The deployments cannot be registered as asked (bad option, unreachable API, wrong pool or flow)."""
 
 
@@ -55,15 +77,23 @@ class DeploymentSpec:
     flow_name: str
     name: str
     entrypoint: str
+    summary: str  # what it does, the start of its description in the dashboard
     parameters: dict[str, Any] = field(default_factory=dict)
-    schedule: str | None = None  # "train", "forecast" or None (no schedule)
+    schedule: str | None = None  # "train", "forecast", "monitor" or None (no schedule)
     schedule_parameters: dict[str, Any] = field(default_factory=dict)  # given to the runs the schedule starts
     concurrency_limit: int | None = None
     tags: tuple[str, ...] = ()
+    former_names: tuple[str, ...] = ()  # names seqcast registered it under before; deleted on deploy
 
     @property
     def full_name(self) -> str:
         return f"{self.flow_name}/{self.name}"
+
+    def description(self, cron: str | None, timezone: str) -> str:
+        """The deployment's description in the dashboard: what it does, and when it runs in which time zone."""
+        if cron is None:
+            return self.summary
+        return f"{self.summary} Schedule: `{cron}` ({timezone})."
 
     @property
     def schedule_slug(self) -> str | None:
@@ -74,8 +104,12 @@ class DeploymentSpec:
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         flow_name="seqcast-train",
-        name="nightly",
+        name="nightly-retrain",
         entrypoint="flows/train.py:train_flow",
+        summary=(
+            "Retrains the LSTM and GRU candidates every night on the observations up to the scheduled time, and "
+            "promotes one only if it beats every baseline and the champion. One run at a time."
+        ),
         # No `spec`: the flow's default run spec applies (tasks/spec.py), whose window, stride and seasons follow
         # the data's frequency; the dashboard form shows every setting of it with its description.
         parameters={"series": None},
@@ -84,22 +118,44 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         schedule_parameters={"trigger": "schedule"},
         concurrency_limit=1,
         tags=("seqcast", "train"),
+        former_names=("nightly",),
     ),
     DeploymentSpec(
         flow_name="seqcast-forecast",
-        name="nightly",
+        name="nightly-forecast",
         entrypoint="flows/forecast.py:forecast_flow",
-        parameters={"model_alias": "champion", "model_version": None, "series": None},
+        summary="Writes the champion's forecasts from each series' last observation to the forecasts table.",
+        # Empty values, not None: the dashboard's form opens on them (a text box, a list) instead of "None".
+        parameters={"model_alias": "champion", "model_version": "", "series": []},
         schedule="forecast",
         tags=("seqcast", "forecast"),
+        former_names=("nightly",),
     ),
     DeploymentSpec(
         flow_name="seqcast-backfill",
         name="on-demand",
         entrypoint="flows/backfill.py:backfill_flow",
-        parameters={"every": None, "model_alias": "champion", "model_version": None, "series": None},
+        summary=(
+            "Forecasts every past origin from `start` to `end`, one a day by default, each from the data known then. "
+            "Run -> Custom run, fill `start` and `end`."
+        ),
+        parameters={"every": "1D", "model_alias": "champion", "model_version": "", "series": []},
         schedule=None,
         tags=("seqcast", "backfill"),
+    ),
+    DeploymentSpec(
+        flow_name="seqcast-monitor",
+        name="nightly-monitor",
+        entrypoint="flows/monitor.py:monitor_flow",
+        summary=(
+            "Scores the forecasts whose actuals arrived against each model's test figures, and raises "
+            "seqcast.forecast.degraded when a serving model degraded."
+        ),
+        # No `config`: the flow's default MonitorConfig applies (the dashboard form shows each setting, described).
+        parameters={"model_version": None, "series": []},
+        schedule="monitor",
+        tags=("seqcast", "monitor"),
+        former_names=("nightly",),
     ),
 )
 
@@ -117,6 +173,8 @@ def check_schedule(cron: str, timezone: str, option: str) -> None:
     from prefect.client.schemas.schedules import CronSchedule
     from pydantic import ValidationError
 
+    if not timezone.strip():  # Prefect takes "" and registers a schedule with no time zone
+        raise DeployError("`timezone` is empty; use an IANA time zone such as 'UTC' or 'Europe/London'")
     try:
         CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as exc:
@@ -226,6 +284,7 @@ def build_deployment(
         storage=LocalStorage(str(project_dir)),
         entrypoint=spec.entrypoint,
         name=spec.name,
+        description=spec.description(cron, timezone),
         schedules=schedules,
         concurrency_limit=concurrency,
         parameters=dict(spec.parameters),
@@ -245,18 +304,24 @@ def deploy_all(
     cron_forecast: str = CRON_FORECAST,
     timezone: str = TIMEZONE,
     project_dir: str | Path | None = None,
+    cron_monitor: str = CRON_MONITOR,
+    retrain_cooldown_hours: float = RETRAIN_COOLDOWN_HOURS,
 ) -> dict[str, str]:
-    """Create the work pool if missing and register (or update) the three deployments; returns {full name: id}.
+    """Create the work pool if missing, register (or update) the four deployments and the retraining automation;
+    returns {deployment full name: id}.
 
     `api_url` overrides PREFECT_API_URL for this call. Deploying again updates the deployments in place:
-    same names, same schedule slugs, so no schedule is duplicated.
+    same names, same schedule slugs, so no schedule is duplicated; the automation is found by its name and updated
+    (or left alone when unchanged), never duplicated.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     project = Path(project_dir).expanduser().resolve() if project_dir is not None else default_project_dir()
-    crons = {"train": cron_train, "forecast": cron_forecast}
+    crons = {"train": cron_train, "forecast": cron_forecast, "monitor": cron_monitor}
     check_schedule(cron_train, timezone, "cron_train")
     check_schedule(cron_forecast, timezone, "cron_forecast")
+    check_schedule(cron_monitor, timezone, "cron_monitor")
+    check_cooldown(retrain_cooldown_hours)
     if not work_pool.strip():
         raise DeployError("`work_pool` is empty; give the name of a process work pool, e.g. 'seqcast'")
     _check_project(project)
@@ -273,10 +338,122 @@ def deploy_all(
             for spec in DEPLOYMENTS
         ]
         ensure_work_pool(work_pool)
-        return {
+        ids = {
             spec.full_name: str(deployment.apply(work_pool_name=work_pool, _sync=True))  # type: ignore[call-arg]
             for spec, deployment in built
         }
+        ensure_retrain_automation(ids[TRAIN_DEPLOYMENT], retrain_cooldown_hours)
+        for old, new in retire_former_deployments():
+            print(f"deleted {old}: seqcast registers it as {new} now")
+        return ids
+
+
+TRAIN_DEPLOYMENT = DEPLOYMENTS[0].full_name  # what the retraining automation runs: seqcast-train/nightly-retrain
+
+
+def retire_former_deployments() -> list[tuple[str, str]]:
+    """Delete the deployments seqcast registered under a former name (`seqcast-train/nightly`, ...), so that an
+    upgrade does not leave the old schedule running beside the new one; returns (old, new) full names.
+
+    Only deployments tagged `seqcast` are deleted; one a user made under such a name by hand is left alone. Their
+    flow runs stay in the database.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    retired: list[tuple[str, str]] = []
+    with get_client(sync_client=True) as client:
+        for spec in DEPLOYMENTS:
+            for former in spec.former_names:
+                old = f"{spec.flow_name}/{former}"
+                try:
+                    found = client.read_deployment_by_name(old)
+                except ObjectNotFound:
+                    continue
+                if "seqcast" in found.tags:
+                    client.delete_deployment(found.id)
+                    retired.append((old, spec.full_name))
+    return retired
+
+
+def check_cooldown(hours: float) -> None:
+    """Refuse a cool-down that would let the automation retrain on every event (or never)."""
+    if not (0 < hours <= 24 * 365):
+        raise DeployError(
+            f"`retrain_cooldown_hours` ({hours:g}) must be more than 0 and at most a year (8760); e.g. 72 retrains "
+            "at most once every three days per model"
+        )
+
+
+def retrain_automation(train_deployment_id: str, cooldown_hours: float) -> Any:
+    """The automation: on `seqcast.forecast.degraded`, run the training deployment with its default parameters.
+
+    The cool-down is the trigger's window: a Reactive trigger with threshold 1 fires on the first event of a
+    registered model (`for_each` its `seqcast.model.name` label), then ignores that model's events until
+    `cooldown_hours` after it, so a model that stays degraded is retrained at most once per cool-down, however
+    often the monitor runs.
+    """
+    import datetime as dt
+    from uuid import UUID
+
+    from prefect.automations import AutomationCore, EventTrigger, Posture, RunDeployment
+
+    from tasks.monitor_publish import DEGRADED_EVENT
+
+    return AutomationCore(
+        name=RETRAIN_AUTOMATION,
+        description=(
+            f"seqcast: retrain ({TRAIN_DEPLOYMENT}) when the monitor finds a model degraded; at most once per "
+            f"{cooldown_hours:g} h per registered model. Managed by `seqcast deploy`."
+        ),
+        enabled=True,
+        tags=["seqcast"],
+        trigger=EventTrigger(
+            expect={DEGRADED_EVENT},
+            match={"prefect.resource.id": "seqcast.model.*"},
+            for_each={"seqcast.model.name"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=dt.timedelta(hours=cooldown_hours),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected", deployment_id=UUID(train_deployment_id), parameters=None, job_variables=None
+            )
+        ],
+    )
+
+
+def _automation_fields(automation: Any) -> dict[str, Any]:
+    """What an automation does, for comparing the one on the server with the one wanted."""
+    fields = {"name", "description", "enabled", "tags", "trigger", "actions"}
+    fields |= {"actions_on_trigger", "actions_on_resolve"}
+    return dict(automation.model_dump(mode="json", include=fields))
+
+
+def ensure_retrain_automation(train_deployment_id: str, cooldown_hours: float = RETRAIN_COOLDOWN_HOURS) -> str:
+    """Create the retraining automation, or bring the one of that name up to date; returns its id.
+
+    Idempotent: an unchanged automation is left as it is (so its cool-down state survives a redeploy), a changed one
+    is updated in place (same id), and copies left by a concurrent first deploy are deleted.
+    """
+    from prefect.client.orchestration import get_client
+
+    wanted = retrain_automation(train_deployment_id, cooldown_hours)
+    with get_client(sync_client=True) as client:
+        existing = client.read_automations_by_name(RETRAIN_AUTOMATION)
+        if not existing:
+            return str(client.create_automation(wanted))
+        created = {
+            a.id: str(client.request("GET", "/automations/{id}", path_params={"id": a.id}).json().get("created"))
+            for a in existing
+        }
+        keep, *extra = sorted(existing, key=lambda a: (created[a.id], str(a.id)))  # the oldest holds the cool-down
+        for duplicate in extra:
+            client.delete_automation(duplicate.id)
+        if _automation_fields(keep) != _automation_fields(wanted):
+            client.update_automation(keep.id, wanted)
+        return str(keep.id)
 
 
 def deploy_command(
@@ -286,16 +463,21 @@ def deploy_command(
     timezone: str | None = None,
     api_url: str | None = None,
     project_dir: str | Path | None = None,
+    monitor_cron: str | None = None,
+    retrain_cooldown_hours: float | None = None,
 ) -> dict[str, str]:
     """`seqcast deploy`: options left as None come from SEQCAST_WORK_POOL, SEQCAST_TRAIN_CRON,
-    SEQCAST_FORECAST_CRON and SEQCAST_TIMEZONE, then from the defaults. Prints what was registered.
+    SEQCAST_FORECAST_CRON, SEQCAST_MONITOR_CRON, SEQCAST_RETRAIN_COOLDOWN_HOURS and SEQCAST_TIMEZONE, then from the
+    defaults. Prints what was registered.
 
     Raises DeployError with a message meant for the user (the CLI prints it and exits non-zero).
     """
     work_pool = work_pool or os.environ.get(ENV_WORK_POOL) or WORK_POOL
     train_cron = train_cron or os.environ.get(ENV_TRAIN_CRON) or CRON_TRAIN
     forecast_cron = forecast_cron or os.environ.get(ENV_FORECAST_CRON) or CRON_FORECAST
+    monitor_cron = monitor_cron or os.environ.get(ENV_MONITOR_CRON) or CRON_MONITOR
     timezone = timezone or os.environ.get(ENV_TIMEZONE) or TIMEZONE
+    cooldown = retrain_cooldown_hours if retrain_cooldown_hours is not None else _env_hours(ENV_RETRAIN_COOLDOWN)
     ids = deploy_all(
         api_url=api_url,
         work_pool=work_pool,
@@ -303,13 +485,34 @@ def deploy_command(
         cron_forecast=forecast_cron,
         timezone=timezone,
         project_dir=project_dir,
+        cron_monitor=monitor_cron,
+        retrain_cooldown_hours=cooldown,
     )
-    when = {"train": f"{train_cron} ({timezone})", "forecast": f"{forecast_cron} ({timezone})"}
+    when = {
+        "train": f"{train_cron} ({timezone})",
+        "forecast": f"{forecast_cron} ({timezone})",
+        "monitor": f"{monitor_cron} ({timezone})",
+    }
     for spec in DEPLOYMENTS:
         schedule = when[spec.schedule] if spec.schedule else "no schedule (run it from the dashboard)"
-        print(f"{spec.full_name:<28} {schedule:<40} pool {work_pool}  id {ids[spec.full_name]}")
+        print(f"{spec.full_name:<34} {schedule:<40} pool {work_pool}  id {ids[spec.full_name]}")
+    print(
+        f"{RETRAIN_AUTOMATION}: on seqcast.forecast.degraded runs {TRAIN_DEPLOYMENT}, at most once per "
+        f"{cooldown:g} h per registered model"
+    )
     print(f"Start a worker to run them: prefect worker start --pool {work_pool}")
     return ids
+
+
+def _env_hours(name: str) -> float:
+    """A number of hours from the environment variable `name` (RETRAIN_COOLDOWN_HOURS when unset)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return RETRAIN_COOLDOWN_HOURS
+    try:
+        return float(raw)
+    except ValueError:
+        raise DeployError(f"{name} ({raw!r}) is not a number of hours; e.g. {name}=72") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,7 +523,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--forecast-cron", help=f"forecasting schedule (${ENV_FORECAST_CRON}, default {CRON_FORECAST!r})"
     )
-    parser.add_argument("--timezone", help=f"IANA time zone of both schedules (${ENV_TIMEZONE}, default {TIMEZONE!r})")
+    parser.add_argument("--monitor-cron", help=f"monitoring schedule (${ENV_MONITOR_CRON}, default {CRON_MONITOR!r})")
+    parser.add_argument(
+        "--retrain-cooldown-hours",
+        type=float,
+        help=f"least hours between two retrainings on degradation (${ENV_RETRAIN_COOLDOWN}, default "
+        f"{RETRAIN_COOLDOWN_HOURS:g})",
+    )
+    parser.add_argument("--timezone", help=f"IANA time zone of the schedules (${ENV_TIMEZONE}, default {TIMEZONE!r})")
     parser.add_argument("--api-url", help="Prefect API URL (default: PREFECT_API_URL)")
     parser.add_argument("--project-dir", help=f"the seqcast checkout the worker runs (${ENV_PROJECT_DIR})")
     args = parser.parse_args(argv)
@@ -332,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             timezone=args.timezone,
             api_url=args.api_url,
             project_dir=args.project_dir,
+            monitor_cron=args.monitor_cron,
+            retrain_cooldown_hours=args.retrain_cooldown_hours,
         )
     except DeployError as exc:
         print(f"seqcast deploy: {exc}", file=sys.stderr)

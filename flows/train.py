@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
 
 from models.frequency import season_length
-from tasks import evaluate, gate, plots, registry
+from tasks import evaluate, gate, intervals, plots, registry
 from tasks.run_context import Trigger, resolve_run_context
 from tasks.settings import get_settings
 from tasks.spec import RunSpec
@@ -41,8 +41,8 @@ class TrainSummary:
     parent_run_id: str
     experiment_id: str
     model_name: str
-    version: str
-    alias: str
+    version: str | None  # None: the best candidate did not beat every baseline, so it was not registered
+    alias: str  # champion, challenger, or "not registered"
     reason: str
     best_cell: str
     champion_mase: float | None
@@ -51,13 +51,42 @@ class TrainSummary:
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> test mae, mase, ...
     served: dict[str, float] = field(default_factory=dict)  # the best candidate with its per-series fallback
     series: list[dict[str, Any]] = field(default_factory=list)  # the gate's per-series table
+    champion_version: str | None = None  # the champion when the run started (it keeps serving unless replaced)
+    flow_run_id: str | None = None  # the Prefect flow run
+    run_url: str | None = None  # the parent run in the MLflow UI, when the tracking server has a URL
+    flow_run_url: str | None = None  # the flow run in the Prefect UI, when Prefect's UI URL is known
+
+    def outcome(self) -> str:
+        """One line: what was registered (or why nothing was) and what serves now."""
+        if self.version is None:
+            return f"not registered: {self.reason}{self.serving_note()}"
+        registered = f"registered {self.model_name} v{self.version} ({self.best_cell}) as '{self.alias}'"
+        return f"{registered}: {self.reason}{self.serving_note()}"
+
+    def serving_note(self) -> str:
+        """What serves after this run when it did not promote: the previous champion, or nothing yet."""
+        if self.alias == registry.CHAMPION:
+            return ""
+        if self.champion_version is not None:
+            return f"; the previous champion v{self.champion_version} keeps serving"
+        return (
+            "; there is no champion yet: nothing is served until a candidate's network beats every baseline "
+            "(more --epochs or a longer --lookback may; --register-rejected registers the best as challenger anyway)"
+        )
 
 
 def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
-    """On failure or crash: the MLflow runs this flow run opened are marked FAILED instead of left RUNNING."""
+    """On failure or crash: the MLflow runs this flow run opened are marked FAILED instead of left RUNNING.
+
+    Never fails itself: when MLflow is what failed the run (unreachable, hung), one warning says the runs stay
+    RUNNING, and the flow's own error is the one reported."""
     settings = get_settings()
     experiment = flow_run.parameters.get("experiment") or settings.experiment
-    closed = registry.fail_open_runs(settings.tracking_uri, experiment, str(flow_run.id))
+    try:
+        closed = registry.fail_open_runs(settings.tracking_uri, experiment, str(flow_run.id))
+    except registry.TrackingUnavailableError as exc:
+        logging.getLogger(__name__).warning("could not mark this run's MLflow runs FAILED (they stay RUNNING): %s", exc)
+        return
     if closed:
         logging.getLogger(__name__).warning("marked %d MLflow runs FAILED: %s", len(closed), ", ".join(closed))
 
@@ -66,10 +95,10 @@ def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
 def train_flow(
     spec: RunSpec = RunSpec(),  # noqa: B008 - frozen, so one shared default is safe; the dashboard form shows it
     series: list[str] | None = None,
-    registered_model: str | None = None,
-    experiment: str | None = None,
+    registered_model: str | None = "",
+    experiment: str | None = "",
     as_of: dt.datetime | None = None,
-    trigger: Trigger | None = None,
+    trigger: Trigger | None = "manual",
 ) -> TrainSummary:
     """Train the spec's candidate cells on observations up to `as_of`, register the best, promote only a better one.
 
@@ -78,11 +107,13 @@ def train_flow(
 
     Args:
         spec: Every setting of the run: window, model, training, evaluation, data.
-        series: Train on these series only (default: every stored series).
-        registered_model: MLflow registered model to register in (default: SEQCAST_REGISTERED_MODEL).
-        experiment: MLflow experiment of the runs (default: SEQCAST_EXPERIMENT).
-        as_of: Use observations up to this time (default: the run's scheduled start, else now).
-        trigger: What started the run (schedule, backfill or manual; default manual), tagged on the MLflow runs.
+        series: Train on these series ids only; None (default): every stored series.
+        registered_model: MLflow registered model to register in; empty (default): SEQCAST_REGISTERED_MODEL
+            ("seqcast").
+        experiment: MLflow experiment of the runs; empty (default): SEQCAST_EXPERIMENT ("seqcast").
+        as_of: Use observations up to this date and time (UTC unless it carries an offset); None (default): the
+            run's scheduled start, else now.
+        trigger: What started the run, tagged on the MLflow runs: "schedule", "backfill" or "manual" (default).
     """
     settings = get_settings()
     context = resolve_run_context(as_of, trigger)
@@ -108,18 +139,27 @@ def train_flow(
     )
     run_tags = context.mlflow_tags()
     parent_run_id = registry.start_run_task(experiment_id, f"train {context.as_of:%Y-%m-%d %H:%M}", run_tags)
-    registry.log_training_data_task(parent_run_id, frame, data, {"seqcast.validation": str(report.json_path)})
+    registry.log_training_data_task(parent_run_id, frame, data, {}, validation=[report.json_path, report.html_path])
     registry.log_params_task(parent_run_id, spec.mlflow_params())
 
     baseline_seasons = spec.evaluation.seasons or []
+    level = spec.evaluation.interval_level
     candidates: list[CandidateSummary] = []
     evaluations: dict[str, evaluate.Evaluation] = {}
     for cell in spec.model.cells:
-        run_id = registry.start_run_task(experiment_id, cell, {**run_tags, "seqcast.cell": cell}, parent_run_id)
+        run_name = f"{cell} {context.as_of:%Y-%m-%d %H:%M}"  # cell and night: charts across nights read well
+        run_id = registry.start_run_task(experiment_id, run_name, {**run_tags, "seqcast.cell": cell}, parent_run_id)
         fit = train_candidate_task(data, spec.train_config(cell), registry.epoch_logger(run_id))
+        calibration = intervals.calibrate_intervals_task(fit, data, level, season, baseline_seasons)
         predicted = evaluate.forecast_test_windows_task(fit, data)
         scores = evaluate.evaluate_task(
-            data, predicted, season, baseline_seasons, model_name=cell, artifact_key=f"test-evaluation-{cell}"
+            data,
+            predicted,
+            season,
+            baseline_seasons,
+            model_name=cell,
+            artifact_key=f"test-evaluation-{cell}",
+            calibration=calibration,
         )
         with tempfile.TemporaryDirectory(prefix="seqcast-plots-") as plots_dir:
             best_baseline = scores.best_baseline()
@@ -133,7 +173,10 @@ def train_flow(
                 baseline=scores.baseline_forecasts[best_baseline],
                 scores=scores.model,
                 baseline_label=best_baseline.replace("_", " "),
+                bounds=scores.bounds.get(cell),
+                level=level,
             )
+            figures.append(plots.plot_mae_by_step_task(scores, Path(plots_dir)))
             model_uri = registry.log_candidate_task(run_id, fit, scores, data, frame, figures)
         registry.end_run_task(run_id)
         evaluations[cell] = scores
@@ -142,9 +185,16 @@ def train_flow(
     best = candidates[list(evaluations).index(gate.best_candidate(evaluations))]
     champion = gate.score_champion_task(model_name, data, season, baseline_seasons)
     decision = gate.decide_promotion(evaluations[best.cell], champion)
-    version = registry.register_model_task(model_name, best.model_uri, best.run_id)
-    alias = registry.apply_decision_task(model_name, version, decision.promote, decision.reason)
-    registry.log_decision_task(parent_run_id, decision, gate.publish_decision_task(decision))
+    links = registry.run_links(settings.tracking_uri, experiment_id, parent_run_id, context.flow_run_id)
+    version: str | None = None
+    alias = registry.NOT_REGISTERED
+    # only a candidate that beats every baseline becomes a version (challenger when it loses to the champion)
+    if decision.beats_baselines or spec.evaluation.register_rejected:
+        version = registry.register_model_task(model_name, best.model_uri, best.run_id)
+        description = gate.version_description(decision, evaluations[best.cell], links)
+        alias = registry.apply_decision_task(model_name, version, decision.promote, decision.reason, description)
+    markdown = gate.publish_decision_task(decision)
+    registry.log_decision_task(parent_run_id, decision, markdown, version, best.metrics)
     summary = TrainSummary(
         parent_run_id=parent_run_id,
         experiment_id=experiment_id,
@@ -159,6 +209,10 @@ def train_flow(
         baselines={name: scores.overall for name, scores in evaluations[best.cell].baselines.items()},
         served=evaluations[best.cell].served.overall,
         series=[{str(k): v for k, v in row.items()} for row in decision.series.to_dict("records")],
+        champion_version=champion.version,
+        flow_run_id=context.flow_run_id,
+        run_url=registry.run_url(settings.tracking_uri, experiment_id, parent_run_id),
+        flow_run_url=registry.flow_run_url(context.flow_run_id),
     )
     registry.finish_training_task(summary.parent_run_id, summary_markdown(summary))
     return summary
@@ -167,10 +221,22 @@ def train_flow(
 def summary_markdown(summary: TrainSummary) -> str:
     """Candidates, what would be served, baselines and the champion on the same test windows, as the Prefect
     artifact and the MLflow note show it."""
+    if summary.version is None:
+        verdict = f"**{summary.model_name}: {summary.best_cell} not registered**: "
+    else:
+        verdict = f"**{summary.model_name} v{summary.version}** ({summary.best_cell}) -> `{summary.alias}`: "
+    verdict += summary.reason + summary.serving_note()
+    run = registry.markdown_link(summary.parent_run_id, summary.run_url)
     lines = [
         f"# seqcast training as of {summary.as_of}",
         "",
-        f"**{summary.model_name} v{summary.version}** ({summary.best_cell}) -> `{summary.alias}`: {summary.reason}",
+        verdict,
+        "",
+        f"MLflow run: {run} (experiment `{summary.experiment_id}`)",
+    ]
+    if summary.flow_run_id:
+        lines.append(f"Prefect flow run: {registry.markdown_link(summary.flow_run_id, summary.flow_run_url)}")
+    lines += [
         "",
         "| method | test MAE | test MASE (mean per series) |",
         "|---|---|---|",

@@ -28,8 +28,11 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from models.baselines import baseline_forecasts, serve_with_fallback
+from models.errors import SeqcastError
 from models.forecaster import ForecasterConfig, RecurrentForecaster, predict_windows, resolve_device
 from models.frequency import to_offset
+from models.intervals import IntervalCalibration, interval_bounds
+from models.reference import ModelReference
 from models.windows import Scalers, SeriesPanel, origin_starts, panel_from_frame
 
 FORMAT_VERSION = 1
@@ -39,10 +42,10 @@ SCALERS_FILE = "scalers.json"
 MANIFEST_FILE = "manifest.json"
 CHECKED_FILES = (CONFIG_FILE, WEIGHTS_FILE, SCALERS_FILE)
 INPUT_COLUMNS = ["series_id", "ts", "value"]
-OUTPUT_COLUMNS = ["series_id", "origin_ts", "target_ts", "step", "point", "method"]
+OUTPUT_COLUMNS = ["series_id", "origin_ts", "target_ts", "step", "point", "lower", "upper", "level", "method"]
 
 
-class ArtifactIntegrityError(ValueError):
+class ArtifactIntegrityError(SeqcastError, ValueError):
     """A forecaster folder whose files are missing or do not match their recorded sha256 (tampered or truncated)."""
 
 
@@ -61,6 +64,8 @@ class LoadedForecaster:
     device: torch.device
     metadata: dict[str, Any] = field(default_factory=dict)
     fallback: dict[str, str] = field(default_factory=dict)
+    intervals: IntervalCalibration | None = None  # None: saved before intervals existed; bounds are then NaN
+    reference: ModelReference | None = None  # test figures to monitor it against (None: saved before they existed)
 
     @property
     def lookback(self) -> int:
@@ -128,12 +133,15 @@ def save_forecaster(
     freq: str,
     metadata: dict[str, Any] | None = None,
     fallback: dict[str, str] | None = None,
+    intervals: IntervalCalibration | None = None,
+    reference: ModelReference | None = None,
 ) -> Path:
     """Write the forecaster folder at `path` and return it; an existing folder there is replaced whole.
 
     Files are written to a temporary sibling folder first and swapped in, so a crash never leaves a
     half-written model where a good one was. `metadata` must be JSON-able (e.g. run ids, split timestamps);
-    `fallback` maps series served by a baseline to its method (see `LoadedForecaster`).
+    `fallback` maps series served by a baseline to its method (see `LoadedForecaster`); `intervals` is the
+    calibration that puts bounds on every forecast; `reference` the test figures monitoring compares with.
     """
     to_offset(freq)  # refuse an unknown frequency now, not at serving time
     fallback = dict(sorted((fallback or {}).items()))
@@ -149,6 +157,8 @@ def save_forecaster(
             "freq": freq,
             "series_ids": list(scalers.series_ids),
             "fallback": fallback,
+            "intervals": None if intervals is None else intervals.to_dict(),
+            "reference": None if reference is None else reference.to_dict(),
             "torch_version": torch.__version__,
             "metadata": metadata or {},
         }
@@ -243,6 +253,7 @@ def load_forecaster(
             "upgrade seqcast"
         )
     config = ForecasterConfig.model_validate(config_data["forecaster"])
+    intervals, reference = config_data.get("intervals"), config_data.get("reference")
     scalers = Scalers.from_dict(json.loads((path / SCALERS_FILE).read_text()))
     state = torch.load(path / WEIGHTS_FILE, weights_only=True, map_location=target)
     model = RecurrentForecaster(config).to(target)
@@ -256,6 +267,8 @@ def load_forecaster(
         device=target,
         metadata=dict(config_data.get("metadata", {})),
         fallback={str(k): str(v) for k, v in config_data.get("fallback", {}).items()},
+        intervals=None if intervals is None else IntervalCalibration.from_dict(intervals),
+        reference=None if reference is None else ModelReference.from_dict(reference),
     )
 
 
@@ -294,6 +307,26 @@ def forecast_origins(
         for method in sorted(set(fallback.values()))
     }
     return serve_with_fallback(points, baseline, panel.series_ids, series_index, fallback)
+
+
+def forecast_bounds(
+    loaded: LoadedForecaster,
+    panel: SeriesPanel,
+    series_index: np.ndarray,
+    origin_positions: np.ndarray,
+    points: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(lower, upper)` `[N, H]` around `points` (from `forecast_origins` at the same origins) at the model's
+    interval level, each row by the quantiles of the method that serves its series; NaN without a calibration."""
+    if loaded.intervals is None:
+        nan = np.full(np.shape(points), np.nan)
+        return nan, nan.copy()
+    series_index = np.asarray(series_index, dtype=np.int64)
+    starts = origin_starts(panel, series_index, np.asarray(origin_positions, dtype=np.int64), loaded.lookback)
+    methods = loaded.methods(panel.series_ids)[series_index]
+    floors = loaded.intervals.floors(panel.series_ids)[series_index]
+    quantiles = loaded.intervals.row_quantiles(methods)
+    return interval_bounds(points, panel.values, starts, loaded.lookback, floors, quantiles, loaded.intervals.lag)
 
 
 def target_timestamps(origins: pd.DatetimeIndex, freq: str, horizon: int) -> np.ndarray:
@@ -353,14 +386,16 @@ def _check_input(frame: pd.DataFrame, loaded: LoadedForecaster) -> pd.DataFrame:
 def forecast_frame(loaded: LoadedForecaster, frame: pd.DataFrame) -> pd.DataFrame:
     """Forecast every series of `frame` (series_id, ts, value) from its last observation.
 
-    Returns `series_id, origin_ts, target_ts, step, point, method` (H rows per series, original units, UTC), with
-    origin_ts the series' last ts, target_ts = origin_ts + step * freq, and the method that made the point.
+    Returns `series_id, origin_ts, target_ts, step, point, lower, upper, level, method` (H rows per series,
+    original units, UTC), with origin_ts the series' last ts, target_ts = origin_ts + step * freq, the interval's
+    bounds at `level` (NaN for a model saved without intervals), and the method that made the point.
     """
     tail = _check_input(frame, loaded)
     panel = panel_from_frame(tail, freq=loaded.freq)
     lengths = panel.lengths
     series_index = np.arange(len(panel.series_ids))
     points = forecast_origins(loaded, panel, series_index, lengths - 1)  # [S, H]
+    lower, upper = forecast_bounds(loaded, panel, series_index, lengths - 1, points)
     origins = pd.DatetimeIndex([ts[-1] for ts in panel.timestamps])
     targets = target_timestamps(origins, loaded.freq, loaded.horizon)  # [S, H]
     h = loaded.horizon
@@ -371,6 +406,9 @@ def forecast_frame(loaded: LoadedForecaster, frame: pd.DataFrame) -> pd.DataFram
             "target_ts": pd.DatetimeIndex(targets.ravel()).tz_localize("UTC"),
             "step": np.tile(np.arange(1, h + 1, dtype=np.int64), len(series_index)),
             "point": points.ravel(),
+            "lower": lower.ravel(),
+            "upper": upper.ravel(),
+            "level": np.full(points.size, np.nan if loaded.intervals is None else loaded.intervals.level),
             "method": np.repeat(loaded.methods(panel.series_ids), h),
         },
         columns=OUTPUT_COLUMNS,

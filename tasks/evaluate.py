@@ -30,12 +30,16 @@ if TYPE_CHECKING:
     from tasks.windowing import WindowedData
 
 from models.baselines import as_starts, baseline_forecasts, baseline_methods, serve_with_fallback
+from models.intervals import IntervalCalibration, interval_bounds
 from models.packaging import LoadedForecaster, forecast_origins
+from models.reference import ModelReference, SeriesReference
 from models.windows import SeriesPanel
+from tasks.intervals import IntervalScores, score_intervals
 
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ("mae", "rmse", "smape", "mase")
+INTERVAL_COLUMNS = ("coverage", "interval_width", "msis")  # overall rows of `Evaluation.table()`, with intervals
 
 # ---------------------------------------------------------------------------------------------------------------
 # metrics on arrays [N, H]
@@ -280,7 +284,8 @@ class Evaluation:
     Baselines are keyed by method name ("naive", "seasonal_naive_48", ...; see `models.baselines`). `fallback`
     maps each series on which the model does not beat its best baseline (per-series MASE) to that baseline;
     `served` scores what would be served: the model's forecasts, with those series' rows replaced by their
-    baseline's. `season` is MASE's `m`.
+    baseline's. `season` is MASE's `m`. With an interval `calibration`, `intervals` scores the bounds of the model,
+    of what is served and of every baseline (same keys as `table()`'s methods), and `bounds` holds them `[N, H]`.
     """
 
     model_name: str
@@ -290,16 +295,23 @@ class Evaluation:
     season: int
     fallback: dict[str, str]
     served: Scores
+    calibration: IntervalCalibration | None = None
+    intervals: dict[str, IntervalScores] = field(default_factory=dict)
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def metrics(self, prefix: str = "test") -> dict[str, float]:
         """Flat MLflow metrics with stable names.
 
         `test_mae`, `test_rmse`, `test_smape`, `test_mase` (the model alone), `served_test_*` (with fallback),
         per baseline `naive_test_mae`, ..., `seasonal_naive_48_test_mase`; `test_windows` (windows scored),
-        `test_fallback_series` (series served by a baseline).
+        `test_fallback_series` (series served by a baseline); with intervals, `test_coverage`,
+        `test_interval_width`, `test_winkler`, `test_msis` of the model and `served_test_*` of what is served.
         """
         out = {f"{prefix}_{name}": value for name, value in self.model.overall.items()}
         out.update({f"served_{prefix}_{name}": value for name, value in self.served.overall.items()})
+        if self.model_name in self.intervals:
+            out.update(self.intervals[self.model_name].metrics(prefix))
+            out.update(self.intervals["served"].metrics(f"served_{prefix}"))
         for baseline, scores in self.baselines.items():
             out.update({f"{baseline}_{prefix}_{name}": value for name, value in scores.overall.items()})
         out[f"{prefix}_windows"] = float(self.model.n_windows)
@@ -307,10 +319,13 @@ class Evaluation:
         return out
 
     def mae_by_step(self) -> pd.DataFrame:
-        """MAE at each horizon step `[H]` of the model and every baseline (one table instead of H metrics)."""
-        methods = {self.model_name: self.model, **self.baselines}
+        """MAE at each horizon step `[H]` of the model, what is served and every baseline, and with intervals the
+        coverage of each (`<method>_coverage`): one table instead of H metrics each."""
+        methods = {self.model_name: self.model, "served": self.served, **self.baselines}
         steps = np.arange(1, len(self.model.mae_by_step) + 1)
-        return pd.DataFrame({"step": steps, **{m: s.mae_by_step for m, s in methods.items()}})
+        columns = {m: s.mae_by_step for m, s in methods.items()}
+        columns.update({f"{m}_coverage": i.coverage_by_step for m, i in self.intervals.items()})
+        return pd.DataFrame({"step": steps, **columns})
 
     def best_baseline(self) -> str:
         """The baseline with the lowest mean per-series MASE."""
@@ -337,6 +352,7 @@ class Evaluation:
         overall = pd.DataFrame(
             [
                 {"method": m, "scope": "overall", "series_id": "", "n_windows": s.n_windows, **s.overall}
+                | self._interval_columns(m)
                 for m, s in methods.items()
             ]
         )
@@ -349,17 +365,67 @@ class Evaluation:
             ["series_id", "method"], key=lambda col: col.map(order) if col.name == "method" else col, kind="stable"
         )
         columns = ["method", "scope", "series_id", "n_windows", *METRIC_NAMES]
+        if self.intervals:
+            columns += list(INTERVAL_COLUMNS)
         return pd.concat([overall, per_series], ignore_index=True)[columns]
+
+    def _interval_columns(self, method: str) -> dict[str, float]:
+        scores = self.intervals.get(method)
+        if scores is None:
+            return {}
+        return {"coverage": scores.coverage, "interval_width": scores.width, "msis": scores.msis}
 
     def table_rows(self, digits: int = 6) -> list[dict[str, Any]]:
         """`table()` as JSON-safe rows for a Prefect table artifact: metrics to `digits` significant, NaN -> None."""
         rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in self.table().to_dict("records")]
         for row in rows:
-            for name in METRIC_NAMES:
+            for name in (*METRIC_NAMES, *INTERVAL_COLUMNS):
+                if name not in row:
+                    continue
                 value = float(row[name])
                 row[name] = float(f"{value:.{digits}g}") if math.isfinite(value) else None
             row["n_windows"] = int(row["n_windows"])
         return rows
+
+
+def model_reference(evaluation: Evaluation, data: WindowedData) -> ModelReference:
+    """What the model promises as served on `data`'s test windows, for monitoring to hold it to: MASE per series
+    and its scale, MAE and coverage per step, and each series' level and spread over its last `lookback`
+    observations (what new observations are compared with to detect drift)."""
+    panel = data.panel
+    ends = panel.offsets[1:]
+    begins = np.maximum(ends - data.lookback, panel.offsets[:-1])
+    count = (ends - begins).astype(np.float64)
+    csum = _prefix_sum(panel.values)
+    csq = _prefix_sum(panel.values**2)
+    mean = (csum[ends] - csum[begins]) / count
+    std = np.sqrt(np.maximum((csq[ends] - csq[begins]) / count - mean**2, 0.0))
+    data_end = data.timestamps_at(ends - 1)
+    served = evaluation.served.per_series
+    scale = dict(zip(served["series_id"], served["mase_scale"].astype(float), strict=True))
+    served_mase = dict(zip(served["series_id"], served["mase"].astype(float), strict=True))
+    series = {
+        sid: SeriesReference(
+            mase_scale=scale[sid],
+            method=evaluation.fallback.get(sid, evaluation.model_name),
+            test_mase=served_mase[sid],
+            recent_mean=float(mean[k]),
+            recent_std=float(std[k]),
+            data_end=data_end[k].isoformat(),
+        )
+        for k, sid in enumerate(panel.series_ids)
+        if sid in scale
+    }
+    coverage = evaluation.intervals.get("served")
+    return ModelReference(
+        season=evaluation.season,
+        level=None if evaluation.calibration is None else evaluation.calibration.level,
+        test_mase=evaluation.served.overall["mase"],
+        mae_by_step=[float(v) for v in evaluation.served.mae_by_step],
+        coverage=None if coverage is None else coverage.coverage,
+        coverage_by_step=None if coverage is None else [float(v) for v in coverage.coverage_by_step],
+        series=series,
+    )
 
 
 def best_baselines(baselines: dict[str, Scores]) -> tuple[list[str], np.ndarray]:
@@ -394,12 +460,14 @@ def evaluate_against_baselines(
     seasons: Sequence[int] = (),
     model_name: str = "model",
     fallback: dict[str, str] | None = None,
+    calibration: IntervalCalibration | None = None,
 ) -> Evaluation:
     """Score the model, naive and seasonal naive at each of `seasons` that fits in `lookback` on exactly the
     windows at `starts`, all with the same MASE scales (season `season`), and what would be served.
 
     `fallback` (series -> baseline) is chosen from these scores unless given: a registered model scored again
-    on new windows keeps the fallback it was registered with.
+    on new windows keeps the fallback it was registered with. With `calibration`, every method's interval bounds
+    are scored too (the model's under `model_name`, which must be its key in the calibration).
     """
     starts = as_starts(starts)
     train_end = _check_train_end(panel, train_end)
@@ -417,7 +485,28 @@ def evaluate_against_baselines(
         fallback = choose_fallback(model, baselines)
     served_forecasts = serve_with_fallback(predicted, forecasts, panel.series_ids, series, fallback)
     served = _score(panel, series, actual, served_forecasts, scale)
-    return Evaluation(model_name, model, baselines, forecasts, season, dict(sorted(fallback.items())), served)
+    fallback = dict(sorted(fallback.items()))
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    intervals: dict[str, IntervalScores] = {}
+    if calibration is not None:
+        if model_name not in calibration.quantiles:
+            raise ValueError(
+                f"the interval calibration has no quantiles for {model_name!r} (it has "
+                f"{sorted(calibration.quantiles)}); pass the network's cell as `model_name`"
+            )
+        floors = calibration.floors(panel.series_ids)[series]
+        ids = np.asarray(panel.series_ids, dtype=object)[series]
+        served_methods = np.array([fallback.get(sid, model_name) for sid in ids], dtype=object)
+        rows = {
+            model_name: (predicted, np.full(len(starts), model_name, dtype=object)),
+            "served": (served_forecasts, served_methods),
+            **{m: (fc, np.full(len(starts), m, dtype=object)) for m, fc in forecasts.items()},
+        }
+        for name, (points, methods) in rows.items():
+            quantiles = calibration.row_quantiles(methods)
+            bounds[name] = interval_bounds(points, panel.values, starts, lookback, floors, quantiles, calibration.lag)
+            intervals[name] = score_intervals(actual, *bounds[name], calibration.level, series, scale)
+    return Evaluation(model_name, model, baselines, forecasts, season, fallback, served, calibration, intervals, bounds)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,7 +528,13 @@ def publish_evaluation_table(evaluation: Evaluation, key: str = "test-evaluation
 
 
 def evaluate_test_windows(
-    data: WindowedData, predicted: np.ndarray, season: int, seasons: Sequence[int] = (), model_name: str = "model"
+    data: WindowedData,
+    predicted: np.ndarray,
+    season: int,
+    seasons: Sequence[int] = (),
+    model_name: str = "model",
+    calibration: IntervalCalibration | None = None,
+    fallback: dict[str, str] | None = None,
 ) -> Evaluation:
     """Score forecasts `[N, H]` of every test window of `data` against the baselines (see
     `evaluate_against_baselines`)."""
@@ -453,10 +548,12 @@ def evaluate_test_windows(
         data.splits.train_end,
         seasons,
         model_name,
+        fallback=fallback,
+        calibration=calibration,
     )
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate-{model_name}", cache_policy=NO_CACHE)
 def evaluate_task(
     data: WindowedData,
     predicted: np.ndarray,
@@ -464,9 +561,11 @@ def evaluate_task(
     seasons: Sequence[int] = (),
     model_name: str = "model",
     artifact_key: str | None = "test-evaluation",
+    calibration: IntervalCalibration | None = None,
 ) -> Evaluation:
-    """Score against the baselines and, given `artifact_key`, publish the table as a Prefect artifact."""
-    evaluation = evaluate_test_windows(data, predicted, season, seasons, model_name)
+    """Score against the baselines (and the intervals, given a `calibration`) and, given `artifact_key`, publish
+    the table as a Prefect artifact."""
+    evaluation = evaluate_test_windows(data, predicted, season, seasons, model_name, calibration)
     if artifact_key:
         publish_evaluation_table(evaluation, artifact_key)
     return evaluation

@@ -48,6 +48,7 @@ with that, a window's forecast does not depend on which other windows share its 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shlex
 import warnings
@@ -61,9 +62,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
 
+from models.errors import SeqcastError
 from models.frequency import to_offset
-from tasks import registry, store
+from tasks import progress, registry, store
 from tasks.run_context import run_logger, to_utc
+from tasks.scores import RealisedAccuracy, realised_accuracy
+from tasks.settings import apply_mlflow_timeouts
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -83,11 +87,11 @@ FORECASTS_TABLE = store.forecasts.name
 SHOWN = 10  # series named in an error message before "and N more"
 
 
-class ForecastInputError(ValueError):
+class ForecastInputError(SeqcastError, ValueError):
     """Observations the model cannot forecast from (with stale_policy='fail'), or nothing left to forecast."""
 
 
-class BackfillRangeError(ValueError):
+class BackfillRangeError(SeqcastError, ValueError):
     """A backfill range that is reversed, outside the data, malformed, or holds no origin that can be forecast."""
 
 
@@ -148,9 +152,7 @@ def use_registry(tracking_uri: str) -> None:
     """Point MLflow's tracking and registry at `tracking_uri` (reading only: no experiment is created)."""
     import mlflow
 
-    # bounded retries so an unreachable server fails in seconds, not minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    apply_mlflow_timeouts()  # bounded waits: an unreachable or hung server fails in seconds, not minutes
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in run logs
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -552,10 +554,11 @@ def pending_origins(plan: OriginPlan, done: set[tuple[str, pd.Timestamp]]) -> tu
 
 def predict_origins(
     loaded: LoadedForecaster, panel: SeriesPanel, series_index: np.ndarray, positions: np.ndarray
-) -> np.ndarray:
-    """`forecast_origins` (one call, `[N, H]` original units) with every inference batch padded to at least
-    `MIN_BATCH` windows (copies of the first), so a window's forecast is the same whatever else is in the call."""
-    from models.packaging import forecast_origins
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points, lower and upper bounds `[N, H]` in original units (`forecast_origins` in one call, then
+    `forecast_bounds`), with every inference batch padded to at least `MIN_BATCH` windows (copies of the first), so
+    a window's forecast is the same whatever else is in the call."""
+    from models.packaging import forecast_bounds, forecast_origins
 
     n = len(series_index)
     tail = n % PREDICT_BATCH
@@ -563,7 +566,9 @@ def predict_origins(
     if pad:
         series_index = np.concatenate([series_index, np.full(pad, series_index[0], dtype=np.int64)])
         positions = np.concatenate([positions, np.full(pad, positions[0], dtype=np.int64)])
-    return forecast_origins(loaded, panel, series_index, positions)[:n]
+    points = forecast_origins(loaded, panel, series_index, positions)[:n]
+    lower, upper = forecast_bounds(loaded, panel, series_index[:n], positions[:n], points)
+    return points, lower, upper
 
 
 def forecast_frame_at(
@@ -575,7 +580,8 @@ def forecast_frame_at(
 ) -> pd.DataFrame:
     """Rows of the forecasts table (FORECAST_COLUMNS) for every planned origin, sorted by origin, series, step.
 
-    Target times are origin + step x freq, step 1..H; lower/upper are left null. `method` says what made each row:
+    Target times are origin + step x freq, step 1..H; lower/upper bound the interval at the model's `level` (null
+    for a model saved before intervals). `method` says what made each row:
     the network's cell ("lstm"/"gru"), or the baseline that serves the series (`LoadedForecaster.fallback`).
     """
     from models.packaging import target_timestamps
@@ -588,7 +594,7 @@ def forecast_frame_at(
     plan = plan.select(order)
     origins = origins[order]
     assert plan.panel is not None
-    points = predict_origins(loaded, plan.panel, plan.series_index, plan.positions)  # [N, H]
+    points, lower, upper = predict_origins(loaded, plan.panel, plan.series_index, plan.positions)  # [N, H] each
     targets = target_timestamps(origins, loaded.freq, horizon)  # [N, H] naive UTC
     n = plan.size
     created = to_utc(created_at) if created_at is not None else pd.Timestamp.now(tz="UTC")
@@ -599,8 +605,9 @@ def forecast_frame_at(
             "target_ts": pd.DatetimeIndex(targets.ravel()).tz_localize("UTC"),
             "step": np.tile(np.arange(1, horizon + 1, dtype=np.int64), n),
             "point": points.ravel(),
-            "lower": np.full(n * horizon, np.nan),
-            "upper": np.full(n * horizon, np.nan),
+            "lower": lower.ravel(),
+            "upper": upper.ravel(),
+            "level": np.nan if loaded.intervals is None else loaded.intervals.level,
             "method": np.repeat(loaded.methods(plan.panel.series_ids)[plan.series_index], horizon),
             "model_name": model.name,
             "model_version": model.version,
@@ -654,7 +661,7 @@ def write_forecasts_task(url: str, frame: pd.DataFrame) -> int:
 
 
 @task(
-    name="observation-span",
+    name="read-observation-span",
     retries=3,
     retry_delay_seconds=[1, 5, 15],
     retry_condition_fn=store.is_connection_error,
@@ -665,7 +672,7 @@ def observation_span_task(url: str, series_ids: list[str] | None = None) -> tupl
 
 
 @task(
-    name="existing-origins",
+    name="find-existing-origins",
     retries=3,
     retry_delay_seconds=[1, 5, 15],
     retry_condition_fn=store.is_connection_error,
@@ -743,6 +750,7 @@ class ForecastSummary:
     database: str = ""  # URL, password hidden
     query: str = ""  # SQL that reads this run's rows
     command: str = ""  # shell one-liner running `query`
+    realised: RealisedAccuracy | None = None  # MAE and coverage where actuals exist (a run at a past as_of)
 
     @property
     def series(self) -> list[str]:
@@ -773,6 +781,7 @@ class BackfillSummary:
     database: str = ""
     query: str = ""
     command: str = ""
+    realised: RealisedAccuracy | None = None  # MAE and coverage of the range's rows whose actuals exist
 
 
 def _sql_literal(value: str) -> str:
@@ -846,6 +855,11 @@ def forecast_summary(
     origins = plan.origin_timestamps()
     by_series = dict(zip(plan.series_ids().tolist(), [o.isoformat() for o in origins], strict=True))
     query = forecasts_query(url, model, flow_run_id=flow_run_id)
+    realised = (
+        realised_accuracy(store.get_engine(url), model.name, model.version, flow_run_id=flow_run_id)
+        if flow_run_id is not None and rows_written
+        else None
+    )
     return ForecastSummary(
         model_name=model.name,
         model_version=model.version,
@@ -859,6 +873,7 @@ def forecast_summary(
         database=redact(url),
         query=query,
         command=read_command(url, query),
+        realised=realised,
     )
 
 
@@ -878,6 +893,7 @@ def backfill_summary(
     origins = plan.origin_timestamps()
     span = (origins.min(), origins.max()) if len(origins) else None
     query = forecasts_query(url, model, origins=span)
+    realised = None if span is None else realised_accuracy(store.get_engine(url), model.name, model.version, span)
     return BackfillSummary(
         model_name=model.name,
         model_version=model.version,
@@ -898,6 +914,7 @@ def backfill_summary(
         database=redact(url),
         query=query,
         command=read_command(url, query),
+        realised=realised,
     )
 
 
@@ -921,13 +938,15 @@ def _skipped_lines(skipped: Sequence[Skipped], with_counts: bool) -> list[str]:
     return ["", f"**Skipped ({len(skipped)})**", "", head, *rows]
 
 
-def forecast_markdown(summary: ForecastSummary, limit: int = 200) -> str:
-    """The run summary as the Prefect artifact shows it: model, rows, origins per series, skipped series."""
+def forecast_markdown(summary: ForecastSummary, limit: int = 200, record: registry.ServingRecord | None = None) -> str:
+    """The run summary as the Prefect artifact shows it: model, rows, origins per series, skipped series, and the
+    run's MLflow `record` (a link when the tracking server has a URL)."""
     lines = [
         f"# seqcast forecast as of {summary.as_of}",
         "",
         f"**{summary.rows_written} rows** written to `{summary.table}` by **{_md(summary.model_name)} "
         f"v{summary.model_version}** (MLflow run `{summary.mlflow_run_id}`) for {len(summary.origins)} series.",
+        *_record_lines(record),
         "",
         "| series | origin (last observation) |",
         "|---|---|",
@@ -936,12 +955,18 @@ def forecast_markdown(summary: ForecastSummary, limit: int = 200) -> str:
     lines += [f"| {_md(sid)} | {origin} |" for sid, origin in items[:limit]]
     if len(items) > limit:
         lines.append(f"| ... {len(items) - limit} more | |")
+    if summary.realised is not None and summary.realised.rows:
+        lines += ["", f"Where actuals exist: {summary.realised.describe()}."]
     lines += _skipped_lines(summary.skipped, with_counts=False)
     lines += ["", "Read them:", "", "```sql", summary.query, "```"]
     return "\n".join(lines)
 
 
-def backfill_markdown(summary: BackfillSummary) -> str:
+def _record_lines(record: registry.ServingRecord | None) -> list[str]:
+    return [] if record is None else ["", f"MLflow record of this run: {record.markdown()}."]
+
+
+def backfill_markdown(summary: BackfillSummary, record: registry.ServingRecord | None = None) -> str:
     lines = [
         f"# seqcast backfill {summary.start} .. {summary.end} every {summary.every}",
         "",
@@ -950,18 +975,21 @@ def backfill_markdown(summary: BackfillSummary) -> str:
         f"({summary.first_origin} .. {summary.last_origin}); {summary.origins_written} forecast now "
         f"({summary.rows_written} rows in {summary.chunks} transactions), {summary.origins_existing} already in "
         f"`{summary.table}`.",
+        *_record_lines(record),
     ]
+    if summary.realised is not None:
+        lines += ["", f"Where actuals exist: {summary.realised.describe()}."]
     lines += _skipped_lines(summary.skipped, with_counts=True)
     lines += ["", "Read them:", "", "```sql", summary.query, "```"]
     return "\n".join(lines)
 
 
 @task(name="publish-forecast-summary", cache_policy=NO_CACHE)
-def publish_forecast_summary_task(summary: ForecastSummary) -> None:
+def publish_forecast_summary_task(summary: ForecastSummary, record: registry.ServingRecord | None = None) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
-        markdown=forecast_markdown(summary), key="forecast-summary", description="seqcast forecast"
+        markdown=forecast_markdown(summary, record=record), key="forecast-summary", description="seqcast forecast"
     )
     run_logger(__name__).info(
         "wrote %d rows of %s v%s for %d series (%d skipped)",
@@ -974,18 +1002,19 @@ def publish_forecast_summary_task(summary: ForecastSummary) -> None:
 
 
 @task(name="publish-backfill-summary", cache_policy=NO_CACHE)
-def publish_backfill_summary_task(summary: BackfillSummary) -> None:
+def publish_backfill_summary_task(summary: BackfillSummary, record: registry.ServingRecord | None = None) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
-        markdown=backfill_markdown(summary), key="backfill-summary", description="seqcast backfill"
+        markdown=backfill_markdown(summary, record), key="backfill-summary", description="seqcast backfill"
     )
 
 
 def start_progress(total_rows: int, description: str) -> UUID:
-    """A Prefect progress artifact at 0 % (call inside a flow run)."""
+    """A Prefect progress artifact at 0 % (call inside a flow run), and the first `WriteProgress` event."""
     from prefect.artifacts import create_progress_artifact
 
+    progress.report(progress.WriteProgress(description, 0, total_rows, 0, None))
     done = 100.0 if total_rows == 0 else 0.0
     return cast("UUID", create_progress_artifact(progress=done, key="backfill-progress", description=description))
 
@@ -993,13 +1022,15 @@ def start_progress(total_rows: int, description: str) -> UUID:
 def report_progress(
     artifact_id: UUID, chunk: pd.DataFrame, number: int, chunks: int, rows_done: int, total: int
 ) -> None:
-    """Move the progress artifact and log one line for a written chunk."""
+    """Move the progress artifact and log one line for a written chunk (DEBUG when a progress bar shows it)."""
     from prefect.artifacts import update_progress_artifact
 
     percent = 100.0 * rows_done / max(total, 1)
     update_progress_artifact(artifact_id=artifact_id, progress=percent)
+    progress.report(progress.WriteProgress("backfill", rows_done, total, number, chunks))
     origins = pd.DatetimeIndex(chunk["origin_ts"])
-    run_logger(__name__).info(
+    run_logger(__name__).log(
+        logging.DEBUG if progress.observed() else logging.INFO,
         "chunk %d/%d written: %d rows, origins %s .. %s (%.0f%% of %d rows)",
         number,
         chunks,

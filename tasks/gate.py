@@ -76,10 +76,13 @@ class GateDecision:
     """The gate's verdict on the best candidate, with the numbers behind it.
 
     `model_mase`, `served_mase`, `baseline_mase` and `champion_mase` are means of per-series MASE on the same
-    test windows; `series` is the candidate's per-series table (`Evaluation.series_table`).
+    test windows; `series` is the candidate's per-series table (`Evaluation.series_table`). `beats_baselines` is
+    the gate's first condition alone (the network beats every baseline), whatever the champion: only such a
+    candidate is registered (as `challenger` when it does not also beat the champion).
     """
 
     promote: bool
+    beats_baselines: bool
     reason: str
     candidate: str
     model_mase: float
@@ -137,6 +140,7 @@ def decide_promotion(evaluation: Evaluation, champion: ChampionScore) -> GateDec
         reason += f"; {fallback} of {len(evaluation.model.per_series)} series served by a baseline"
     return GateDecision(
         promote=promote,
+        beats_baselines=math.isfinite(model) and not losses,
         reason=reason,
         candidate=candidate,
         model_mase=model,
@@ -173,6 +177,36 @@ def decision_markdown(decision: GateDecision, limit: int = 200) -> str:
         )
     if len(decision.series) > limit:
         lines.append(f"| ... {len(decision.series) - limit} more | | | | | | | |")
+    return "\n".join(lines)
+
+
+def version_description(decision: GateDecision, evaluation: Evaluation, links: Sequence[str] = ()) -> str:
+    """A registered version's description: what it serves scored on the test windows (MASE, MAE, coverage when
+    it has intervals), the gate's decision and its full reason (the version's tag holds a shortened one), then
+    `links` (one line each: where it was trained)."""
+    served = evaluation.served.overall
+    figures = [f"MASE {served['mase']:.4f} (mean per series)", f"MAE {served['mae']:.4g}"]
+    intervals = evaluation.intervals.get("served")
+    if intervals is not None:
+        figures.append(f"coverage {intervals.coverage:.3f} of a {intervals.level:.0%} interval")
+    fallback = len(evaluation.fallback)
+    by = f"{decision.candidate}" + (f", {fallback} series by their best baseline" if fallback else "")
+    verdict = (
+        "promoted to champion"
+        if decision.promote
+        else "registered as challenger, not promoted"
+        if decision.beats_baselines
+        else "registered although it does not beat every baseline (register_rejected), not promoted"
+    )
+    lines = [
+        f"Served test scores ({by}): " + ", ".join(figures) + ".",
+        "",
+        f"Decision: {verdict}.",
+        "",
+        f"Reason: {decision.reason}.",
+    ]
+    if links:
+        lines += ["", *links]
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
+from models.errors import SeqcastError
 from tasks.settings import get_settings, redact_url
 from tasks.store import WriteSummary, get_engine, upsert_observations
 from tasks.validate import (
@@ -79,7 +80,7 @@ COMPRESSIONS = (".gz", ".bz2", ".zip", ".xz", ".zst")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-class SourceError(ValueError):
+class SourceError(SeqcastError, ValueError):
     """The source cannot be read as given (unknown sample, no matching file, URL without a query); not retried."""
 
 

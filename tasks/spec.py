@@ -155,6 +155,19 @@ class EvaluationSpec(_Part):
         "(a day and a week for sub-daily data, a week for daily data, a year for weekly, monthly and quarterly "
         "data), those that fit in the lookback.",
     )
+    interval_level: float = Field(
+        default=0.9,
+        gt=0.0,
+        lt=1.0,
+        description="Coverage of the prediction intervals put on every forecast (0.9: 90% of actuals should fall "
+        "inside), calibrated on the validation windows and checked on the test windows.",
+    )
+    register_rejected: bool = Field(
+        default=False,
+        description="Register the best candidate in the MLflow registry (as challenger, never champion) even when "
+        "its network does not beat every baseline. Off: only a candidate that beats every baseline becomes a "
+        "registered version, and a rejected one stays an MLflow run.",
+    )
 
 
 class DataSpec(_Part):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Double,
@@ -39,10 +41,12 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 
+from models.errors import SeqcastError
 from tasks.run_context import run_logger
+from tasks.settings import get_settings, redact_url, seconds
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -117,12 +121,43 @@ forecasts = Table(
     Column("point", Double, nullable=False),
     Column("lower", Double, nullable=True),
     Column("upper", Double, nullable=True),
+    Column("level", Double, nullable=True),  # the interval's nominal coverage (0.9); NULL where there are no bounds
     # What produced the row: the network's cell name ("lstm", "gru") or a baseline fallback ("naive", ...).
     Column("method", Text, nullable=False, server_default=DEFAULT_METHOD),
     Column("mlflow_run_id", Text, nullable=False),
     Column("flow_run_id", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_forecasts_series_target", "series_id", "target_ts"),
+)
+
+# Realised errors of past forecasts, keyed like `forecasts`: one row per forecast row whose actual has arrived
+# (tasks/scores.py writes them, tasks/monitor.py reads them). `scaled_error` is |point - actual| over the series' MASE
+# scale from the model version's reference (NULL for a version saved without one); `inside` whether the actual fell
+# within [lower, upper] (NULL without bounds). `scored_at` is when the row was first scored, `updated_at` when its
+# figures last changed (a corrected actual, a rewritten forecast).
+forecast_scores = Table(
+    "forecast_scores",
+    metadata,
+    Column("series_id", Text, primary_key=True),
+    Column("origin_ts", UTCDateTime, primary_key=True),
+    Column("target_ts", UTCDateTime, primary_key=True),
+    Column("model_name", Text, primary_key=True),
+    Column("model_version", Text, primary_key=True),
+    Column("step", Integer, nullable=False),
+    Column("point", Double, nullable=False),
+    Column("actual", Double, nullable=False),
+    Column("abs_error", Double, nullable=False),
+    Column("scaled_error", Double, nullable=True),
+    Column("inside", Boolean, nullable=True),
+    Column("lower", Double, nullable=True),
+    Column("upper", Double, nullable=True),
+    Column("level", Double, nullable=True),
+    Column("method", Text, nullable=False),
+    Column("scored_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # the monitor's read (a model's scores by origin) and, holding the whole key, the scorer's join on it: even a plan
+    # made before PostgreSQL has statistics on a freshly filled table then finds each row in one probe
+    Index("ix_forecast_scores_model_origin", "model_name", "model_version", "origin_ts", "series_id", "target_ts"),
 )
 
 OBSERVATION_COLUMNS = ["series_id", "ts", "value"]
@@ -134,6 +169,7 @@ FORECAST_COLUMNS = [
     "point",
     "lower",
     "upper",
+    "level",
     "method",
     "model_name",
     "model_version",
@@ -146,8 +182,28 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.RLock()  # one engine per URL, and one schema check at a time, per process
 
 
-class SchemaVersionError(RuntimeError):
+class SchemaVersionError(SeqcastError, RuntimeError):
     """The database was written by a newer seqcast than this one."""
+
+
+class StoreUnavailableError(SeqcastError, ConnectionError):
+    """The database cannot be reached, refused us, or dropped the connection: it may come back, so flows retry it.
+
+    Wraps the driver's error (its cause); the message names the database (URL without password) and what failed.
+    """
+
+
+class StoreTimeoutError(SeqcastError, RuntimeError):
+    """A bounded wait on the database ran out: connecting (a hung server), a statement, or a lock held elsewhere.
+
+    Not retried: the wait already took its bound, and a retry would multiply it. `waited` is the bound in seconds
+    and `setting` the SEQCAST_ variable that sets it.
+    """
+
+    def __init__(self, message: str, waited: float, setting: str) -> None:
+        super().__init__(message)
+        self.waited = waited
+        self.setting = setting
 
 
 def get_engine(url: str) -> Engine:
@@ -159,12 +215,122 @@ def get_engine(url: str) -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args(url))
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
-            ensure_schema(engine)
+            migration_lock = _MIGRATION_LOCK_SECONDS if engine.dialect.name == "postgresql" else None
+            with store_errors(url, lock_wait=migration_lock):
+                ensure_schema(engine)
             _engines[url] = engine
         return engine
+
+
+def connect_args(url: str | URL) -> dict[str, Any]:
+    """The driver's bounded waits for `url`, from the settings: on PostgreSQL (psycopg, psycopg2) libpq's
+    `connect_timeout` and the session's `statement_timeout` and `lock_timeout`; SQLite waits for locks in
+    `_sqlite_pragmas`. What the URL sets itself wins (a `connect_timeout`, an `options=-c ...`)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() not in {"psycopg", "psycopg2"}:
+        return {}
+    settings = get_settings()
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in parsed.query:
+        args["connect_timeout"] = _connect_timeout_seconds(settings.db_connect_timeout)
+    ours = (
+        f"-c statement_timeout={_milliseconds(settings.db_statement_timeout)} "
+        f"-c lock_timeout={_milliseconds(settings.db_lock_timeout)}"
+    )
+    theirs = parsed.query.get("options")
+    # the server applies -c options in order, so the URL's own come last and win
+    args["options"] = f"{ours} {theirs}" if isinstance(theirs, str) and theirs.strip() else ours
+    return args
+
+
+def _connect_timeout_seconds(value: float) -> int:
+    """libpq counts connect_timeout in whole seconds and treats anything under 2 as 2."""
+    return max(2, math.ceil(value))
+
+
+def _milliseconds(value: float) -> int:
+    return max(1, round(value * 1000))
+
+
+# the schema migration's own lock wait (MIGRATION_LOCK_TIMEOUT, PostgreSQL syntax "60s"), for messages
+_MIGRATION_LOCK_SECONDS = float(MIGRATION_LOCK_TIMEOUT.removesuffix("s"))
+
+
+@contextmanager
+def store_errors(url: str | URL, lock_wait: float | None = None) -> Iterator[None]:
+    """Turn the driver's errors of an unreachable, hung or locked database into StoreUnavailableError or
+    StoreTimeoutError, each one message naming the database without its password. Other errors pass unchanged.
+
+    `lock_wait`: the lock timeout in force where it is not SEQCAST_DB_LOCK_TIMEOUT (the schema migration's).
+    """
+    try:
+        yield
+    except DBAPIError as exc:
+        converted = store_error(exc, url, lock_wait)
+        if converted is None:
+            raise
+        raise converted from exc
+
+
+# PostgreSQL SQLSTATEs of a bounded wait that ran out, and of a server that is going away or turning us down
+_LOCK_NOT_AVAILABLE = "55P03"
+_QUERY_CANCELED = "57014"
+_UNAVAILABLE_STATES = {"57P01", "57P02", "57P03", "53300"}  # admin/crash shutdown, cannot connect now, too many
+
+
+def store_error(exc: DBAPIError, url: str | URL, lock_wait: float | None = None) -> SeqcastError | None:
+    """The seqcast error for a driver error of an unreachable, hung or locked database; None for any other."""
+    store = url.render_as_string(hide_password=True) if isinstance(url, URL) else redact_url(url)
+    orig = exc.orig
+    state = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    settings = get_settings()
+    if state == _LOCK_NOT_AVAILABLE or "database is locked" in detail:  # PostgreSQL lock_timeout, SQLite busy
+        waited = settings.db_lock_timeout if lock_wait is None else lock_wait
+        setting = "SEQCAST_DB_LOCK_TIMEOUT" if lock_wait is None else "MIGRATION_LOCK_TIMEOUT"
+        return StoreTimeoutError(
+            f"database {store}: gave up waiting for a lock after {seconds(waited)} ({setting}): another session "
+            f"holds a lock on the rows or table this needs ({detail}); the transaction was rolled back, nothing was "
+            "written",
+            waited,
+            setting,
+        )
+    if state == _QUERY_CANCELED and "statement timeout" in detail:
+        waited = settings.db_statement_timeout
+        return StoreTimeoutError(
+            f"database {store}: a statement ran longer than {seconds(waited)} (SEQCAST_DB_STATEMENT_TIMEOUT) and "
+            "was cancelled; the transaction was rolled back, nothing was written",
+            waited,
+            "SEQCAST_DB_STATEMENT_TIMEOUT",
+        )
+    if type(orig).__name__ == "ConnectionTimeout" or (not state and "timeout expired" in detail):
+        waited = float(_connect_timeout_seconds(settings.db_connect_timeout))
+        given = make_url(url).query.get("connect_timeout")
+        if isinstance(given, str) and given.isdigit():
+            waited = float(given)
+        return StoreTimeoutError(
+            f"database {store} did not answer: connecting timed out after {seconds(waited)} "
+            "(SEQCAST_DB_CONNECT_TIMEOUT); is the server up and answering, and the host and port right?",
+            waited,
+            "SEQCAST_DB_CONNECT_TIMEOUT",
+        )
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return None
+    if (
+        exc.connection_invalidated
+        or isinstance(exc, InterfaceError)
+        or state.startswith("08")
+        or state in _UNAVAILABLE_STATES
+        or (not state and make_url(url).get_backend_name() == "postgresql")  # refused, DNS, dropped: no SQLSTATE
+        or "unable to open database file" in detail  # SQLite
+    ):
+        return StoreUnavailableError(f"cannot reach database {store}: {detail}")
+    return None
 
 
 def dispose_engines() -> None:
@@ -174,17 +340,16 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
-SQLITE_BUSY_SECONDS = 30.0
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """SQLite waits up to SEQCAST_DB_LOCK_TIMEOUT for another writer's lock, then fails ("database is locked")."""
     import sqlite3
 
+    lock_wait = get_settings().db_lock_timeout
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+    cursor.execute(f"PRAGMA busy_timeout={_milliseconds(lock_wait)}")
     # Switching to WAL needs the database to itself and fails at once, without the busy wait, while another
     # process writes (say, migrates a fresh database): wait for it here, within the same bound.
-    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    deadline = time.monotonic() + lock_wait
     while True:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -317,14 +482,19 @@ def _quiet_alembic() -> Iterator[None]:
 
 
 def run_in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = 3) -> T:
-    """Run `work` in one transaction, retrying the whole transaction if the connection drops."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as conn:
-                return work(conn)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated or attempt == attempts:
-                raise
+    """Run `work` in one transaction, retrying the whole transaction if the connection drops (not if a bounded
+    wait ran out: that would multiply it). An unreachable, hung or locked database raises StoreUnavailableError
+    or StoreTimeoutError, with nothing written."""
+    with store_errors(engine.url):
+        for attempt in range(1, attempts + 1):
+            try:
+                with engine.begin() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or attempt == attempts:
+                    raise
+                if isinstance(store_error(exc, engine.url), StoreTimeoutError):
+                    raise
     raise AssertionError("unreachable")
 
 
@@ -398,46 +568,99 @@ def upsert_observations(engine: Engine, frame: pd.DataFrame) -> WriteSummary:
 
     `frame` has columns series_id, ts, value and no repeated (series_id, ts). Unchanged rows are not
     rewritten, so re-ingesting the same file changes nothing (not even updated_at).
+
+    The counts are those of this transaction, right under concurrency: when several processes write the same rows
+    at once, each row counts as new in exactly one of them and as unchanged (or updated) in the others. PostgreSQL:
+    the upsert itself says what it did (`_upsert_changed_observations`); SQLite: the existing rows are read after
+    taking the write lock, which serialises writers.
     """
     frame = frame[OBSERVATION_COLUMNS].copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    # One key order for every writer: concurrent transactions then wait on each other's rows instead of deadlocking.
+    frame = frame.sort_values(["series_id", "ts"], kind="stable", ignore_index=True)
 
     def work(conn: Connection) -> WriteSummary:
-        existing = _read_existing(conn, frame)
-        merged = frame.merge(existing, on=["series_id", "ts"], how="left", suffixes=("", "_old"))
-        is_new = merged["value_old"].isna().to_numpy()
-        is_changed = ~is_new & (merged["value"].to_numpy() != merged["value_old"].to_numpy())
-        to_write = merged.loc[is_new | is_changed, OBSERVATION_COLUMNS]
         now = dt.datetime.now(dt.UTC)
-        rows = [
-            {"series_id": s, "ts": t, "value": float(v), "updated_at": now}
-            for s, t, v in zip(
-                to_write["series_id"].tolist(),
-                _to_datetimes(to_write["ts"]),
-                to_write["value"].tolist(),
-                strict=True,
-            )
-        ]
-        _upsert(conn, observations, rows)
-        summary = WriteSummary()
-        merged["_new"] = is_new
-        merged["_changed"] = is_changed
-        for series_id, part in merged.groupby("series_id", sort=True):
-            new = int(part["_new"].sum())
-            updated = int(part["_changed"].sum())
-            summary.series.append(
-                SeriesWriteSummary(
-                    series_id=str(series_id),
-                    new=new,
-                    updated=updated,
-                    unchanged=len(part) - new - updated,
-                    start=part["ts"].min(),
-                    end=part["ts"].max(),
-                )
-            )
-        return summary
+        if conn.dialect.name == "postgresql":
+            written = _upsert_changed_observations(conn, frame, now)
+            merged = frame.merge(written, on=["series_id", "ts"], how="left")
+            is_new = merged["inserted"].eq(True).to_numpy()
+            is_changed = merged["inserted"].eq(False).to_numpy()
+        else:
+            if conn.dialect.name == "sqlite":
+                # pysqlite begins a transaction only before the first write, so the read below would see the
+                # database before a concurrent writer's commit; BEGIN IMMEDIATE takes the write lock first.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            existing = _read_existing(conn, frame)
+            merged = frame.merge(existing, on=["series_id", "ts"], how="left", suffixes=("", "_old"))
+            is_new = merged["value_old"].isna().to_numpy()
+            is_changed = ~is_new & (merged["value"].to_numpy() != merged["value_old"].to_numpy())
+            to_write = merged.loc[is_new | is_changed, OBSERVATION_COLUMNS]
+            _upsert(conn, observations, _observation_rows(to_write, now))
+        return _summarise(frame, is_new, is_changed)
 
     return run_in_transaction(engine, work)
+
+
+def _observation_rows(frame: pd.DataFrame, updated_at: dt.datetime) -> list[dict[str, Any]]:
+    return [
+        {"series_id": s, "ts": t, "value": float(v), "updated_at": updated_at}
+        for s, t, v in zip(
+            frame["series_id"].tolist(), _to_datetimes(frame["ts"]), frame["value"].tolist(), strict=True
+        )
+    ]
+
+
+def _upsert_changed_observations(
+    conn: Connection, frame: pd.DataFrame, updated_at: dt.datetime, batch_size: int = 5000
+) -> pd.DataFrame:
+    """PostgreSQL: insert new rows and replace changed values in batches; the keys written, `inserted` True for a new
+    row, False for a changed one (unchanged rows are neither rewritten nor returned).
+
+    `ON CONFLICT DO UPDATE ... WHERE value IS DISTINCT FROM excluded.value` skips unchanged rows, and `RETURNING
+    xmax = 0` tells an inserted row (no previous version) from an updated one. A row that a concurrent transaction
+    inserts first is waited for and then compared with its committed value, so it is never counted twice.
+    """
+    from sqlalchemy import Boolean, literal_column
+
+    stmt = _insert(conn, observations)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[observations.c.series_id, observations.c.ts],
+        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        where=observations.c.value.is_distinct_from(stmt.excluded.value),
+    ).returning(
+        observations.c.series_id,
+        observations.c.ts,
+        literal_column("(xmax = 0)", Boolean).label("inserted"),  # xmax: no deleting/locking transaction yet
+    )
+    written: list[Any] = []
+    for start in range(0, len(frame), batch_size):
+        rows = _observation_rows(frame.iloc[start : start + batch_size], updated_at)
+        written += conn.execute(stmt, rows).all()
+    out = pd.DataFrame(written, columns=["series_id", "ts", "inserted"])
+    out["ts"] = pd.to_datetime(out["ts"], utc=True).astype(frame["ts"].dtype)
+    out["series_id"] = out["series_id"].astype(object)
+    return out
+
+
+def _summarise(frame: pd.DataFrame, is_new: np.ndarray, is_changed: np.ndarray) -> WriteSummary:
+    """Per series: rows new, updated and unchanged, and the time span the batch covered."""
+    marks = frame.assign(_new=is_new, _changed=is_changed)
+    summary = WriteSummary()
+    for series_id, part in marks.groupby("series_id", sort=True):
+        new = int(part["_new"].sum())
+        updated = int(part["_changed"].sum())
+        summary.series.append(
+            SeriesWriteSummary(
+                series_id=str(series_id),
+                new=new,
+                updated=updated,
+                unchanged=len(part) - new - updated,
+                start=part["ts"].min(),
+                end=part["ts"].max(),
+            )
+        )
+    return summary
 
 
 def _read_existing(conn: Connection, frame: pd.DataFrame, series_per_query: int = 500) -> pd.DataFrame:
@@ -496,7 +719,7 @@ def read_observations(
     if end is not None:
         query = query.where(observations.c.ts <= pd.Timestamp(end).to_pydatetime())
     query = query.order_by(observations.c.series_id if series_order is None else series_order, observations.c.ts)
-    with engine.connect() as conn:
+    with store_errors(engine.url), engine.connect() as conn:
         rows = conn.execute(query).all()
     if not rows:
         return pd.DataFrame(
@@ -518,7 +741,7 @@ def read_observations(
 
 def list_series(engine: Engine) -> list[str]:
     """Every series id in the observations table, sorted."""
-    with engine.connect() as conn:
+    with store_errors(engine.url), engine.connect() as conn:
         return [r[0] for r in conn.execute(select(observations.c.series_id).distinct().order_by("series_id"))]
 
 
@@ -554,6 +777,7 @@ def forecast_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
         "point": frame["point"].astype(float).tolist(),
         "lower": _nullable_floats(frame.get("lower"), n),
         "upper": _nullable_floats(frame.get("upper"), n),
+        "level": _nullable_floats(frame.get("level"), n),
         "method": _methods(frame.get("method"), n),
         "model_name": frame["model_name"].astype(str).tolist(),
         "model_version": frame["model_version"].astype(str).tolist(),
@@ -595,7 +819,7 @@ def read_forecasts(
     if model_name is not None:
         query = query.where(forecasts.c.model_name == model_name)
     query = query.order_by(forecasts.c.series_id, forecasts.c.origin_ts, forecasts.c.target_ts)
-    with engine.connect() as conn:
+    with store_errors(engine.url), engine.connect() as conn:
         rows = conn.execute(query).all()
     frame = pd.DataFrame(rows, columns=FORECAST_COLUMNS)
     for name in ("origin_ts", "target_ts", "created_at"):
@@ -616,17 +840,22 @@ def existing_forecast_origins(
         )
         .distinct()
     )
-    with engine.connect() as conn:
+    with store_errors(engine.url), engine.connect() as conn:
         return {(s, pd.Timestamp(o)) for s, o in conn.execute(query).all()}
 
 
 def is_connection_error(_task: Any, _run: Any, state: Any) -> bool:
     """Prefect retry condition: retry only when the database could not be reached (or dropped us), not on bad data
-    or a schema problem."""
+    or a schema problem, and not when a bounded wait ran out (a hung server, a held lock): the retries (1 + 5 + 15 s
+    apart) would multiply the wait past what a scheduled run should take to fail."""
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     try:
         state.result()
+    except StoreTimeoutError:
+        return False
+    except StoreUnavailableError:
+        return True
     except (OperationalError, InterfaceError):
         return True
     except Exception:
@@ -634,7 +863,7 @@ def is_connection_error(_task: Any, _run: Any, state: Any) -> bool:
     return False
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_connection_error)
+@task(name="read-observations", retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_connection_error)
 def read_observations_task(
     url: str, series_ids: list[str] | None = None, end: pd.Timestamp | dt.datetime | None = None
 ) -> pd.DataFrame:
@@ -642,7 +871,7 @@ def read_observations_task(
     return read_observations(get_engine(url), series_ids=series_ids, end=end)
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_connection_error)
+@task(name="upsert-forecasts", retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_connection_error)
 def upsert_forecasts_task(url: str, frame: pd.DataFrame) -> int:
     """Write a run's forecasts in one transaction (retried whole if the database drops)."""
     return upsert_forecasts(get_engine(url), frame)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import logging
 import math
 import threading
 import time
@@ -26,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.choices import AUTO_SCALINGS, Cell, Scaling, ScalingChoice
+from models.errors import SeqcastError
 from models.forecaster import (
     ForecasterConfig,
     RecurrentForecaster,
@@ -33,6 +35,7 @@ from models.forecaster import (
     resolve_device,
 )
 from models.windows import gather_windows
+from tasks import progress
 from tasks.run_context import run_logger
 from tasks.spec import ModelSpec, TrainingSpec
 from tasks.windowing import WindowedData
@@ -40,7 +43,7 @@ from tasks.windowing import WindowedData
 EpochCallback = Callable[[dict[str, float]], None]
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(SeqcastError, RuntimeError):
     """The loss became NaN, infinite or exploded; nothing trained in this run should be registered."""
 
 
@@ -209,8 +212,10 @@ def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallb
     """Train a forecaster on `data.train_starts`, early-stopping on `data.val_starts`; returns it on CPU.
 
     `on_epoch(record)` is called after every epoch with {epoch, train_loss, val_loss, seconds, learning_rate}
-    (e.g. `tasks.registry.epoch_logger(run_id)` logs them to MLflow). Raises `TrainingDivergedError` on a
-    NaN, infinite or exploding loss. With scaling "auto" see `fit_auto_scaling`.
+    (e.g. `tasks.registry.epoch_logger(run_id)` logs them to MLflow); each epoch is also a DEBUG log line and a
+    `tasks.progress.EpochProgress` event (the CLI's progress bar), and each candidate one INFO line when it starts
+    and one when it ends. Raises `TrainingDivergedError` on a NaN, infinite or exploding loss. With scaling "auto"
+    see `fit_auto_scaling`.
     """
     if config.scaling == "auto":
         return fit_auto_scaling(data, config, on_epoch)
@@ -234,11 +239,23 @@ def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCal
             if on_epoch is not None:
                 on_epoch({"epoch": record["epoch"], **{f"{k}_{scaling}": v for k, v in record.items() if k != "epoch"}})
 
-        return _fit(data, config.model_copy(update={"scaling": scaling}), tagged)
+        return _fit(data, config.model_copy(update={"scaling": scaling}), tagged, level=logging.DEBUG)
 
     started = time.perf_counter()
     device = resolve_device(config.device)
     side_by_side = device.type == "cpu" and config.dropout == 0.0 and training_threads(config, device) == 1
+    run_logger(__name__).info(
+        "training %s %dx%d on %s, scalings %s%s: %d train / %d validation windows, batch %d",
+        config.cell,
+        config.num_layers,
+        config.hidden_size,
+        device,
+        " and ".join(AUTO_SCALINGS),
+        " side by side (1 thread each)" if side_by_side else " one after the other",
+        len(data.train_starts),
+        len(data.val_starts),
+        config.effective_batch_size,
+    )
     if side_by_side:  # one thread each on their own core: the second try costs little wall time
         with _cpu_threads(1), ThreadPoolExecutor(len(AUTO_SCALINGS), thread_name_prefix="seqcast-fit") as pool:
             futures = {s: pool.submit(contextvars.copy_context().run, fit_one, s) for s in AUTO_SCALINGS}
@@ -246,23 +263,32 @@ def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCal
     else:
         fits = {s: fit_one(s) for s in AUTO_SCALINGS}
     chosen = min(fits, key=lambda s: fits[s].best_val_loss)
-    run_logger(__name__).info(
-        "%s scaling: %s (best validation loss %s)",
-        config.cell,
-        chosen,
-        ", ".join(f"{s} {fit.best_val_loss:.5f}" for s, fit in fits.items()),
-    )
     best = fits[chosen]
     if on_epoch is not None:
         for record in best.history:
             on_epoch(dict(record))
     best.extra["scaling_val_loss"] = {s: fit.best_val_loss for s, fit in fits.items()}
     best.seconds = time.perf_counter() - started
+    losses = ", ".join(f"{s} {fit.best_val_loss:.5f}" for s, fit in fits.items())
+    run_logger(__name__).info(
+        "%s: scaling %s (best validation loss %s); %s", config.cell, chosen, losses, _outcome(best)
+    )
     return best
 
 
-def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
-    """One network with one concrete scaling (see `fit_forecaster`)."""
+def _outcome(fit: FitResult) -> str:
+    """How a fit went, for its one log line: best epoch, stop, loss, speed, time."""
+    stop = "stopped early" if fit.stopped_early else "no early stop"
+    return (
+        f"best epoch {fit.best_epoch} of {len(fit.history)} ({stop}), validation loss {fit.best_val_loss:.5f}, "
+        f"{fit.windows_per_second:,.0f} windows/s, {fit.seconds:.1f} s on {fit.device}"
+    )
+
+
+def _fit(
+    data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None, level: int = logging.INFO
+) -> FitResult:
+    """One network with one concrete scaling (see `fit_forecaster`); its first and last log lines at `level`."""
     if len(data.train_starts) == 0:
         raise ValueError("no training windows; the series are too short for lookback + horizon")
     if len(data.val_starts) == 0:
@@ -312,7 +338,8 @@ def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None
         windows_seen = 0
         stopped_early = False
         started = time.perf_counter()
-        log.info(
+        log.log(
+            level,
             "training %s %dx%d on %s (bf16=%s, %d threads): %d train / %d validation windows, batch %d",
             config.cell,
             config.num_layers,
@@ -324,6 +351,8 @@ def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None
             len(data.val_starts),
             config.effective_batch_size,
         )
+        scaling = str(config.scaling)
+        progress.report(progress.EpochProgress(config.cell, scaling, 0, config.max_epochs, math.nan, math.nan, 0.0))
         for epoch in range(1, config.max_epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
@@ -344,7 +373,8 @@ def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None
                 optimizer.step()
                 total += loss.detach() * batch.shape[0]
             train_loss = float((total / n_train).item())  # the one sync of the epoch's training loop
-            train_seconds += time.perf_counter() - epoch_start
+            loop_seconds = time.perf_counter() - epoch_start
+            train_seconds += loop_seconds
             windows_seen += n_train
 
             val_loss = float(_validation_loss(model, values, val_starts, config, use_bf16).item())
@@ -357,7 +387,7 @@ def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None
                 "learning_rate": lr,
             }
             history.append(record)
-            log.info(
+            log.debug(  # per epoch: DEBUG, MLflow (`on_epoch`) and the CLI's progress bar; never the INFO console
                 "%s epoch %d/%d: train_loss %.5f val_loss %.5f lr %.2e (%.1fs, %.0f windows/s)",
                 config.cell,
                 epoch,
@@ -385,9 +415,21 @@ def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None
                 scheduler.step(val_loss)
             elif scheduler is not None:
                 scheduler.step()
-            if bad_epochs >= config.patience:
-                stopped_early = True
-                log.info(
+            stopped_early = bad_epochs >= config.patience
+            progress.report(
+                progress.EpochProgress(
+                    config.cell,
+                    scaling,
+                    epoch,
+                    config.max_epochs,
+                    train_loss,
+                    val_loss,
+                    n_train / max(loop_seconds, 1e-9),
+                    done=stopped_early or epoch == config.max_epochs,
+                )
+            )
+            if stopped_early:
+                log.debug(
                     "%s early stop after epoch %d: no validation gain for %d epochs; best epoch %d (val_loss %.5f)",
                     config.cell,
                     epoch,
@@ -399,7 +441,7 @@ def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None
 
         model.load_state_dict(best_state)
         model = model.to("cpu").eval()
-    return FitResult(
+    fit = FitResult(
         model=model,
         config=model.config,
         train_config=config,
@@ -412,9 +454,11 @@ def _fit(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None
         stopped_early=stopped_early,
         bf16=use_bf16,
     )
+    log.log(level, "%s (%s scaling): %s", config.cell, scaling, _outcome(fit))
+    return fit
 
 
-@task(cache_policy=NO_CACHE, task_run_name="train-{config.cell}")
+@task(name="train-candidate", cache_policy=NO_CACHE, task_run_name="train-{config.cell}")
 def train_candidate_task(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
     """Prefect wrapper of `fit_forecaster`; not retried (a diverged or bad run fails the same way again)."""
     return fit_forecaster(data, config, on_epoch)

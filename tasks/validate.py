@@ -32,6 +32,7 @@ from pandas.tseries.offsets import Tick
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from models.errors import SeqcastError
 from models.frequency import business_calendar, infer_freq, market_freq, market_of, supported_markets, to_offset
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ OUTLIER_COL, MEDIAN_COL, SCALE_COL = "chk_outlier_score", "chk_rolling_median", 
 _gx_lock = threading.Lock()
 
 
-class DataValidationError(ValueError):
+class DataValidationError(SeqcastError, ValueError):
     """A batch broke the rules for observations; it names the series, the check and a few rows. Never retried."""
 
     def __init__(self, message: str, report: ValidationReport | None = None) -> None:

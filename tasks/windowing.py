@@ -249,7 +249,7 @@ def resolve_spec_task(spec: RunSpec, frame: pd.DataFrame, freq: str | None = Non
     return resolve_for_frame(spec, frame, freq)
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="make-windows", cache_policy=NO_CACHE)
 def make_windows_task(frame: pd.DataFrame, config: WindowConfig) -> WindowedData:
     """Prefect wrapper of `prepare_windows` (bad data raises once; a retry would fail the same way)."""
     return prepare_windows(frame, config)

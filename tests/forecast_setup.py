@@ -1,7 +1,9 @@
 """What the forecast and backfill tests share: a tiny LSTM trained and registered once per test module, and
-the synthetic hourly observations it forecasts, ingested into each test's database (SQLite and PostgreSQL).
+the synthetic hourly observations it forecasts, ingested into each test's database (SQLite and PostgreSQL); and
+what the train flow's tests share: the TINY run spec, the electricity sample, the `train_env` settings.
 
-Loaded for every test by `pytest_plugins` in tests/conftest.py, so the fixtures `model` and `env` are defined once.
+Loaded for every test by `pytest_plugins` in tests/conftest.py, so the fixtures `model`, `env` and `train_env` are
+defined once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 
 from tasks import registry, store
 from tasks.settings import get_settings
+from tasks.spec import RunSpec
 
 LOOKBACK, HORIZON = 48, 12
 HOSTILE = "x'; DROP TABLE forecasts; --\"ü名☃ \\ |"
@@ -50,6 +53,8 @@ def register_tiny_model(
 ) -> Registered:
     """Train the tiny model on `synthetic_frame()`, log it (with `fallback`), register it and make it champion."""
     from models.packaging import pyfunc_input, save_forecaster
+    from tasks.evaluate import candidate_forecaster, evaluate_test_windows, forecast_test_windows, model_reference
+    from tasks.intervals import calibrate_intervals
     from tasks.train import TrainConfig, fit_forecaster
     from tasks.windowing import WindowConfig, prepare_windows
 
@@ -59,10 +64,22 @@ def register_tiny_model(
         hidden_size=8, num_layers=1, max_epochs=1, device="cpu", num_threads=1, seed=0, scaling="series"
     )
     fit = fit_forecaster(data, config)
+    forecaster = candidate_forecaster(fit, data)
+    calibration = calibrate_intervals(forecaster, data, 0.9, 24)
+    evaluation = evaluate_test_windows(
+        data, forecast_test_windows(forecaster, data), 24, model_name="lstm", fallback=fallback, calibration=calibration
+    )
     experiment = registry.configure_mlflow(tracking_uri, f"forecast-tests-{uuid.uuid4().hex[:8]}", folder / "art")
     run_id = registry.start_run(experiment, "tiny", {})
     model_dir = save_forecaster(
-        folder / "forecaster", fit.model, data.scalers, data.freq, {"mlflow_run_id": run_id}, fallback=fallback
+        folder / "forecaster",
+        fit.model,
+        data.scalers,
+        data.freq,
+        {"mlflow_run_id": run_id},
+        fallback=fallback,
+        intervals=calibration,
+        reference=model_reference(evaluation, data),
     )
     uri = registry.log_forecaster(run_id, model_dir, pyfunc_input(frame[frame["series_id"] == "a"].tail(LOOKBACK)))
     registry.end_run(run_id)
@@ -88,6 +105,46 @@ def env(db_url: str, seqcast_home: Path, mlflow_store: str, model: Registered, m
     get_settings.cache_clear()
     store.upsert_observations(store.get_engine(db_url), synthetic_frame())
     return db_url
+
+
+# --- the train flow's tests (tests/test_train_flow.py, tests/test_mlflow_pages.py) --------------------------------
+
+TINY = RunSpec(
+    window={"lookback": 48, "horizon": 12},
+    model={"hidden_size": 8, "num_layers": 1},
+    training={"max_epochs": 1, "batch_size": 256},
+)
+# TINY, registering its best candidate even when it loses to a baseline (a 1-epoch network may)
+TINY_REGISTERED = RunSpec.model_validate({**TINY.model_dump(), "evaluation": {"register_rejected": True}})
+
+
+def electricity(days: int = 20) -> pd.DataFrame:
+    """The first `days` of the bundled half-hourly electricity sample."""
+    frame = pd.read_csv(Path(__file__).parents[1] / "tasks" / "samples" / "electricity.csv.gz")
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame.head(days * 48)
+
+
+@pytest.fixture
+def train_env(db_url: str, seqcast_home: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Settings pointing at `db_url` and the session MLflow store, with a model name of this test's own."""
+    return use_train_settings(monkeypatch, db_url, mlflow_store)
+
+
+def use_train_settings(monkeypatch: pytest.MonkeyPatch, db_url: str, mlflow_store: str) -> str:
+    """`train_env` for fixtures of any scope: returns the registered model's (and experiment's) new name."""
+    name = f"model-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SEQCAST_DATABASE_URL", db_url)
+    monkeypatch.setenv("SEQCAST_MLFLOW_TRACKING_URI", mlflow_store)
+    monkeypatch.setenv("SEQCAST_REGISTERED_MODEL", name)
+    monkeypatch.setenv("SEQCAST_EXPERIMENT", name)
+    get_settings.cache_clear()
+    import mlflow
+
+    # set here too: a flow that fails before configuring MLflow must still be checked against this store
+    mlflow.set_tracking_uri(mlflow_store)
+    mlflow.set_registry_uri(mlflow_store)
+    return name
 
 
 def forecasts(url: str) -> pd.DataFrame:

@@ -47,6 +47,9 @@ def test_quick_panel_has_a_scored_row_per_series(quick_results: dict[str, Any]) 
             if method != "model":  # a series served by a baseline scores exactly as that baseline
                 assert row["mase"][column] == pytest.approx(row["mase"][method])
         assert row["train"]["lstm"]["epochs"] <= ap.QUICK_EPOCHS
+        intervals = row["intervals"]  # every served row has bounds: coverage is a share, width positive
+        assert 0 < intervals["coverage"] <= 1 and intervals["width"] > 0 and intervals["msis"] > 0, intervals
+        assert intervals["coverage_step_min"] <= intervals["coverage"] <= intervals["coverage_step_max"]
         if HAS_STATSMODELS:
             assert row["mase"]["ets"] > 0 and row["ets_model"] == {row["series"]: "ETS(A,Ad,A)"}
         else:
@@ -59,8 +62,9 @@ def test_quick_panel_has_a_scored_row_per_series(quick_results: dict[str, Any]) 
     assert electricity["met"] is None and electricity["value"] == "not in this run"
 
     text = "\n".join(ap.markdown_lines(quick_results))
-    for name in ap.QUICK_PANEL:
-        assert sum(line.startswith(f"| {name} |") for line in text.splitlines()) == 1
+    for name in ap.QUICK_PANEL:  # one row in the MASE table, one in the intervals table
+        assert sum(line.startswith(f"| {name} |") for line in text.splitlines()) == 2
+    assert "Coverage within 3 points of 90%" in text
     assert "| (a) served <= better of naive / seasonal naive on every series |" in text
     assert "served (val)" in text
 

@@ -35,8 +35,10 @@ def table(url: str) -> pd.DataFrame:
 
 
 def backfill(start: pd.Timestamp, end: pd.Timestamp, **options: object) -> fc.BackfillSummary:
+    """The backfill flow, at every observation (hourly) unless `every` is given: the flow's default is one a day."""
     from flows.backfill import backfill_flow
 
+    options.setdefault("every", "h")
     return backfill_flow(start=start.to_pydatetime(), end=end.to_pydatetime(), **options)  # type: ignore[arg-type]
 
 
@@ -47,11 +49,20 @@ def test_backfill_equals_the_forecast_flow_at_the_same_origin(env: str) -> None:
     summary = backfill(at(150), at(255))  # 106 origins x 4 series: several inference batches' worth
     assert summary.origins_planned == summary.origins_written == 106 * len(TRAINED)
     backfilled = forecasts(env)
+    # the summary's realised accuracy is that of every row whose target was observed
+    observed = synthetic_frame().rename(columns={"ts": "target_ts", "value": "actual"})
+    joined = backfilled.merge(observed, on=["series_id", "target_ts"])
+    assert summary.realised is not None and summary.realised.rows == len(joined) > 0
+    inside = (joined["actual"] >= joined["lower"]) & (joined["actual"] <= joined["upper"])
+    assert summary.realised.coverage == pytest.approx(inside.mean()) and summary.realised.level == 0.9
+    assert summary.realised.mae == pytest.approx((joined["actual"] - joined["point"]).abs().mean())
+    assert "inside the 90% intervals" in fc.backfill_markdown(summary)
     backfilled = backfilled[backfilled["origin_ts"] == origin].reset_index(drop=True)
     assert len(backfilled) == len(TRAINED) * HORIZON
 
     clear_forecasts(env)
-    forecast_flow(as_of=origin.to_pydatetime())
+    past = forecast_flow(as_of=origin.to_pydatetime())
+    assert past.realised is not None and past.realised.rows == len(TRAINED) * HORIZON  # every target observed
     forecast = forecasts(env).reset_index(drop=True)
     cols = [*KEY, "step"]
     pd.testing.assert_frame_equal(backfilled[cols], forecast[cols])
@@ -100,8 +111,6 @@ def test_backfill_twice_or_in_pieces_in_reverse_order_gives_the_same_table(env: 
 
 
 def test_a_rerun_after_a_failed_chunk_fills_in_what_is_missing(env: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sqlalchemy.exc import OperationalError
-
     import flows.backfill
 
     backfill(at(100), at(130))
@@ -121,7 +130,7 @@ def test_a_rerun_after_a_failed_chunk_fills_in_what_is_missing(env: str, monkeyp
         return real_write(url if len(calls) == 1 else DEAD_URL, frame)
 
     monkeypatch.setattr(fc, "write_forecasts", database_dies_after_the_first_chunk)
-    with pytest.raises(OperationalError):
+    with pytest.raises(store.StoreUnavailableError):
         backfill(at(100), at(130))
     assert len(calls) == 1 + 1 + fc.write_forecasts_task.retries  # chunk 1, then chunk 2 and its retries
     partial = forecasts(env)
@@ -170,7 +179,9 @@ def test_origins_without_lookback_observations_are_skipped_and_reported(
     assert set(forecasts(env)["series_id"]) == {"a", HOSTILE}
 
     clear_forecasts(env)
-    code = main(["backfill", "--start", "2024-01-02T23:00:00", "--end", "2024-01-03 09:00", "--series", "a"])
+    code = main(
+        ["backfill", "--start", "2024-01-02T23:00:00", "--end", "2024-01-03 09:00", "--every", "h", "--series", "a"]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "backfilled 2024-01-02T23:00:00+00:00 .. 2024-01-03T09:00:00+00:00 every h with" in out
@@ -205,6 +216,26 @@ def test_a_range_with_no_usable_origin_is_a_clear_error(env: str) -> None:
     assert message.startswith("no origin in 2024-01-01T00:00:00+00:00 .. 2024-01-01T20:00:00+00:00 can be forecast")
     assert f"The first origin with `lookback` (48) observations before it is {at(LOOKBACK - 1).isoformat()}" in message
     assert len(forecasts(env)) == 0
+
+
+def test_origins_are_one_day_apart_by_default(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The flow (and so the dashboard's form) and the CLI space origins a day apart unless told otherwise, as the
+    nightly forecast makes them; `every=None` still means every observation."""
+    from flows.backfill import backfill_flow
+    from flows.cli import main
+
+    summary = backfill_flow(start=at(100).to_pydatetime(), end=at(200).to_pydatetime(), series=["a"])
+    assert summary.every == "1D" and summary.origins_planned == 5
+    assert sorted(set(forecasts(env)["origin_ts"])) == [at(100 + 24 * k) for k in range(5)]
+
+    clear_forecasts(env)
+    assert main(["backfill", "--start", at(100).isoformat(), "--end", at(200).isoformat(), "--series", "a"]) == 0
+    assert f"backfilled {at(100).isoformat()} .. {at(200).isoformat()} every 1D with" in capsys.readouterr().out
+    assert sorted(set(forecasts(env)["origin_ts"])) == [at(100 + 24 * k) for k in range(5)]
+
+    clear_forecasts(env)
+    every_step = backfill(at(100), at(110), every=None, series=["a"])
+    assert every_step.every == "h" and every_step.origins_planned == 11  # the series' own step
 
 
 def test_bad_every_is_a_clear_error(env: str) -> None:

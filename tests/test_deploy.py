@@ -35,14 +35,15 @@ def test_prefect_yaml_is_valid_for_prefect_deploy(prefect_yaml: dict[str, Any]) 
     from prefect.cli.deploy._models import PrefectYamlModel
 
     model = PrefectYamlModel.model_validate(prefect_yaml)
-    assert len(model.deployments) == len(deploy.DEPLOYMENTS) == 3
+    assert len(model.deployments) == len(deploy.DEPLOYMENTS) == 4
 
 
 def test_prefect_yaml_shares_pool_and_schedules_through_anchors() -> None:
     text = PREFECT_YAML.read_text()
-    assert text.count("*seqcast_pool") == 3 and "&seqcast_pool" in text
-    assert "&nightly_train" in text and "*nightly_train" in text
+    assert text.count("*seqcast_pool") == 4 and "&seqcast_pool" in text
+    assert "&nightly_retrain" in text and "*nightly_retrain" in text
     assert "&nightly_forecast" in text and "*nightly_forecast" in text
+    assert "&nightly_monitor" in text and "*nightly_monitor" in text
 
 
 @pytest.mark.parametrize("spec", deploy.DEPLOYMENTS, ids=lambda s: s.full_name)
@@ -55,13 +56,13 @@ def test_prefect_yaml_matches_deploy_py(prefect_yaml: dict[str, Any], spec: depl
     assert entry["tags"] == list(spec.tags)
     assert entry.get("enforce_parameter_schema") is True
 
-    crons = {"train": deploy.CRON_TRAIN, "forecast": deploy.CRON_FORECAST}
+    crons = {"train": deploy.CRON_TRAIN, "forecast": deploy.CRON_FORECAST, "monitor": deploy.CRON_MONITOR}
     if spec.schedule is None:
         assert entry["schedules"] == []
     else:
         [schedule] = entry["schedules"]
         assert schedule["cron"] == crons[spec.schedule]
-        assert schedule["timezone"] == "{{ $" + deploy.ENV_TIMEZONE + " }}"
+        assert schedule["timezone"] == TIMEZONE_STEP_OUTPUT  # SEQCAST_TIMEZONE, else UTC
         assert schedule["slug"] == spec.schedule_slug
         assert schedule.get("active", True) is True
         assert schedule.get("parameters", {}) == spec.schedule_parameters
@@ -71,6 +72,36 @@ def test_prefect_yaml_matches_deploy_py(prefect_yaml: dict[str, Any], spec: depl
         assert limit is None
     else:
         assert limit == {"limit": spec.concurrency_limit, "collision_strategy": "ENQUEUE"}
+
+    # the same description, with the time zone the build step reads
+    cron = crons[spec.schedule] if spec.schedule else None
+    assert entry["description"].replace(TIMEZONE_STEP_OUTPUT, "Europe/London") == spec.description(
+        cron, "Europe/London"
+    )
+
+
+TIMEZONE_STEP_OUTPUT = "{{ timezone.stdout }}"
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"), [({}, deploy.TIMEZONE), ({"SEQCAST_TIMEZONE": "Asia/Tokyo"}, "Asia/Tokyo")]
+)
+def test_prefect_yaml_reads_the_time_zone_with_a_default(
+    prefect_yaml: dict[str, Any], monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], expected: str
+) -> None:
+    """A bare "{{ $SEQCAST_TIMEZONE }}" in a schedule registers an empty time zone when the variable is unset (the
+    dashboard then shows none); the build step gives the schedules SEQCAST_TIMEZONE, or UTC."""
+    import asyncio
+
+    from prefect.deployments.steps.utility import run_shell_script
+
+    [step] = prefect_yaml["build"]
+    options = dict(step["prefect.deployments.steps.run_shell_script"])
+    assert options.pop("id") == "timezone" and deploy.ENV_TIMEZONE in options["script"]
+    monkeypatch.delenv(deploy.ENV_TIMEZONE, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert asyncio.run(run_shell_script(**options))["stdout"] == expected
 
 
 def _assert_the_form_describes_the_run_spec(schema: dict[str, Any]) -> None:
@@ -114,14 +145,17 @@ def test_prefect_yaml_pull_step_enters_the_project(prefect_yaml: dict[str, Any])
     assert prefect_yaml["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $" + deploy.ENV_PROJECT_DIR + " }}"}}
     ]
-    assert prefect_yaml.get("build") is None and prefect_yaml.get("push") is None
+    assert prefect_yaml.get("push") is None
+    # the one build step reads the time zone: nothing is built
+    assert [next(iter(step)) for step in prefect_yaml["build"]] == ["prefect.deployments.steps.run_shell_script"]
 
 
 def test_deployment_names_and_entrypoints_follow_the_flow_contract() -> None:
     assert [s.full_name for s in deploy.DEPLOYMENTS] == [
-        "seqcast-train/nightly",
-        "seqcast-forecast/nightly",
+        "seqcast-train/nightly-retrain",
+        "seqcast-forecast/nightly-forecast",
         "seqcast-backfill/on-demand",
+        "seqcast-monitor/nightly-monitor",
     ]
     for spec in deploy.DEPLOYMENTS:
         path, function = spec.entrypoint.split(":")
@@ -130,6 +164,52 @@ def test_deployment_names_and_entrypoints_follow_the_flow_contract() -> None:
     assert train.concurrency_limit == 1 and train.schedule == "train"
     assert train.schedule_parameters == {"trigger": "schedule"}
     assert deploy.DEPLOYMENTS[2].schedule is None, "backfill runs on demand only"
+    assert deploy.DEPLOYMENTS[3].schedule == "monitor"
+
+
+def test_monitor_deployment_form_describes_every_monitoring_setting() -> None:
+    from tasks.monitor import MonitorConfig
+
+    monitor = deploy.DEPLOYMENTS[3]
+    deployment = deploy.build_deployment(monitor, ROOT, deploy.WORK_POOL, deploy.CRON_MONITOR, deploy.TIMEZONE)
+    schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
+    properties = schema["properties"]
+    assert [name for name, p in properties.items() if not p.get("description")] == []
+    assert properties["config"]["default"] == MonitorConfig().model_dump(mode="json")
+    assert not schema.get("required"), "a schedule starts the run with the defaults"
+    definition = schema["definitions"]["MonitorConfig"]
+    assert definition.get("description")
+    assert [name for name, p in definition["properties"].items() if not p.get("description")] == []
+
+
+def test_monitor_runs_after_the_days_actuals_and_before_training() -> None:
+    hour = {cron: int(cron.split()[1]) for cron in (deploy.CRON_MONITOR, deploy.CRON_TRAIN, deploy.CRON_FORECAST)}
+    assert hour[deploy.CRON_MONITOR] < hour[deploy.CRON_TRAIN] < hour[deploy.CRON_FORECAST]
+
+
+def test_the_retraining_automation_runs_training_on_degradation_with_a_cool_down() -> None:
+    from datetime import timedelta
+
+    from tasks.monitor_publish import DEGRADED_EVENT, event_resource
+
+    automation = deploy.retrain_automation("6f1b1b5e-0000-4000-8000-000000000001", 72)
+    assert automation.name == deploy.RETRAIN_AUTOMATION and automation.enabled
+    trigger = automation.trigger
+    assert trigger.expect == {DEGRADED_EVENT} and trigger.posture == "Reactive" and trigger.threshold == 1
+    assert trigger.within == timedelta(hours=72)  # the cool-down: later events of the model are ignored that long
+    assert trigger.for_each == {"seqcast.model.name"}  # one cool-down per registered model
+    from prefect.events.schemas.events import Resource
+
+    assert trigger.match.matches(Resource(event_resource("seqcast", "3")))  # what the monitor emits
+    assert not trigger.match.matches(Resource({"prefect.resource.id": "prefect.flow-run.1"}))
+    [action] = automation.actions
+    assert action.type == "run-deployment" and action.source == "selected"
+    assert str(action.deployment_id) == "6f1b1b5e-0000-4000-8000-000000000001" and action.parameters is None
+
+
+def test_a_cool_down_of_zero_is_refused() -> None:
+    with pytest.raises(deploy.DeployError, match=r"^`retrain_cooldown_hours` \(0\) must be more than 0"):
+        deploy.deploy_all(api_url="http://127.0.0.1:9/api", retrain_cooldown_hours=0)
 
 
 def test_defaults() -> None:
@@ -139,6 +219,7 @@ def test_defaults() -> None:
         "0 3 * * *",
         "UTC",
     )
+    assert (deploy.CRON_MONITOR, deploy.RETRAIN_COOLDOWN_HOURS) == ("0 1 * * *", 72.0)
 
 
 # ------------------------------------------------------------------------------------------ options and errors
@@ -183,6 +264,8 @@ def test_deploy_command_reads_options_from_the_environment(monkeypatch: pytest.M
     monkeypatch.setenv(deploy.ENV_WORK_POOL, "nightly-pool")
     monkeypatch.delenv(deploy.ENV_TRAIN_CRON, raising=False)
     monkeypatch.delenv(deploy.ENV_FORECAST_CRON, raising=False)
+    monkeypatch.setenv(deploy.ENV_MONITOR_CRON, "30 0 * * *")
+    monkeypatch.setenv(deploy.ENV_RETRAIN_COOLDOWN, "48")
     ids = deploy.deploy_command(forecast_cron="0 4 * * *")
     assert seen == {
         "api_url": None,
@@ -191,8 +274,13 @@ def test_deploy_command_reads_options_from_the_environment(monkeypatch: pytest.M
         "cron_forecast": "0 4 * * *",
         "timezone": "Europe/London",
         "project_dir": None,
+        "cron_monitor": "30 0 * * *",
+        "retrain_cooldown_hours": 48.0,
     }
     assert ids["seqcast-backfill/on-demand"] == "id-2"
+    monkeypatch.setenv(deploy.ENV_RETRAIN_COOLDOWN, "three days")
+    with pytest.raises(deploy.DeployError, match=r"^SEQCAST_RETRAIN_COOLDOWN_HOURS \('three days'\) is not a number"):
+        deploy.deploy_command()
 
 
 def test_main_reports_errors_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,9 +1,10 @@
 """docker/: what can be checked without a Docker engine.
 
 The compose file is parsed and held to the rules of the production set: every service waits on health, data lives
-in named volumes, every setting a service needs is in docker/.env.example, and each service runs the command line
-of deployments/commands.py, the one the integration tests run for real (tests/servers.py). The image installs the
-project with the Makefile's `install` target, the same one CI runs.
+in named volumes, every service is given the settings it needs (deployments/commands.py SERVICE_ENV) and no
+password but its own (SERVICE_SECRETS), and each service runs the command line of deployments/commands.py, the one
+the integration tests run for real (tests/servers.py). The image installs the project with the Makefile's
+`install` target, the same one CI runs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ DOCKER = ROOT / "docker"
 COMPOSE_PATH = DOCKER / "compose.yaml"
 ENV_EXAMPLE_PATH = DOCKER / ".env.example"
 DOCKERFILE_PATH = DOCKER / "Dockerfile"
-INIT_SQL_PATH = DOCKER / "postgres" / "init-databases.sql"
+INIT_SCRIPT_PATH = DOCKER / "postgres" / "init-databases.sh"
 APP_SERVICES = ("prefect-server", "mlflow", "deploy", "worker")  # built from docker/Dockerfile
 
 
@@ -39,13 +40,17 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 
 def _interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's interpolation: ${VAR}, ${VAR:-default}, $$ for a literal $."""
+    """Compose's interpolation: ${VAR}, ${VAR:-default}, ${VAR:?error} (unset or empty fails), $$ for a literal $."""
 
     def one(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(3)
-        return env.get(name) or (default or "")
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, operand = match.group(1), match.group(2), match.group(3)
+        if operator == ":?":
+            assert env.get(name), f"compose would stop: {operand}"
+        return env.get(name) or (operand if operator == ":-" else "")
 
-    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", one, value).replace("$$", "$")
+    return re.sub(r"\$\$|\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
 
 
 def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -133,6 +138,17 @@ def env_example() -> dict[str, str]:
     return _read_env_file(ENV_EXAMPLE_PATH)
 
 
+@pytest.fixture(scope="module")
+def environments(services: dict[str, dict[str, Any]], env_example: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{service: the environment compose gives it}, with docker/.env.example as docker/.env."""
+    found = {}
+    for name, service in services.items():
+        environment = service.get("environment") or {}
+        assert isinstance(environment, dict), f"{name}: write `environment:` as a mapping"
+        found[name] = {key: _interpolate(str(value), env_example) for key, value in environment.items()}
+    return found
+
+
 # ------------------------------------------------------------------------------------------ compose structure
 
 
@@ -181,48 +197,118 @@ def test_data_lives_in_named_volumes(compose: dict[str, Any], services: dict[str
     assert "postgres-data" in declared and "mlflow-artifacts" in declared
 
 
-def test_every_setting_a_service_needs_is_in_the_env_example(
-    compose: dict[str, Any], services: dict[str, dict[str, Any]], env_example: dict[str, str]
+def test_each_service_is_given_what_it_needs_from_docker_env(
+    compose: dict[str, Any],
+    services: dict[str, dict[str, Any]],
+    env_example: dict[str, str],
+    environments: dict[str, dict[str, str]],
 ) -> None:
     image_env = _dockerfile_env(DOCKERFILE_PATH)
-    assert set(commands.SERVICE_ENV) == set(services)
+    assert set(commands.SERVICE_ENV) == set(services) == set(commands.SERVICE_SECRETS)
     for name, service in services.items():
-        assert service.get("env_file") == [{"path": ".env", "required": True}], f"{name} must read docker/.env"
-        available = set(env_example) | set(service.get("environment") or {})
-        if name in APP_SERVICES:
-            available |= set(image_env)
+        # an env_file hands a service every line of docker/.env, every password included
+        assert "env_file" not in service, f"{name}: give it its own `environment:` instead of an env_file"
+        available = set(environments[name]) | (set(image_env) if name in APP_SERVICES else set())
         missing = set(commands.SERVICE_ENV[name]) - available
-        assert not missing, f"{name} needs {sorted(missing)}: add them to docker/.env.example"
+        assert not missing, f"{name} needs {sorted(missing)}: add them to its `environment:` in compose.yaml"
+        assert all(environments[name].values()), f"{name}: a variable would be empty"
+    assert "env_file" not in compose.get("x-seqcast", {})
     text = COMPOSE_PATH.read_text()
-    for variable, default in re.findall(r"\$\{(\w+)(:-[^}]*)?\}", text):
-        assert variable in env_example or default, f"compose.yaml uses ${{{variable}}}, not in .env.example"
+    used = set()
+    for variable, operator in re.findall(r"(?<!\$)\$\{(\w+)(:-|:\?)?", text):
+        used.add(variable)
+        assert variable in env_example or operator == ":-", f"compose.yaml uses ${{{variable}}}, not in .env.example"
+    assert set(env_example) <= used, f".env.example sets what no service reads: {sorted(set(env_example) - used)}"
     for key, value in env_example.items():
         assert value, f".env.example leaves {key} empty"
 
 
-def test_database_urls_agree_with_the_init_script(env_example: dict[str, str]) -> None:
-    created = set(re.findall(r"CREATE DATABASE (\w+);", INIT_SQL_PATH.read_text()))
-    drivers = {
-        "PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg",
-        "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg",
-        "SEQCAST_DATABASE_URL": "postgresql+psycopg",
+def _secrets(env_example: dict[str, str]) -> dict[str, str]:
+    """{variable: its value in .env.example} of every password a service may hold."""
+    names = {name for names in commands.SERVICE_SECRETS.values() for name in names}
+    values = {name: env_example[name] for name in names}
+    assert len(set(values.values())) == len(values), ".env.example must give each password its own value"
+    return values
+
+
+def test_no_service_holds_another_services_secret(
+    services: dict[str, dict[str, Any]], env_example: dict[str, str], environments: dict[str, dict[str, str]]
+) -> None:
+    secrets = _secrets(env_example)
+    for name, environment in environments.items():
+        held = {secret for secret, value in secrets.items() if any(value in v for v in environment.values())}
+        assert held == set(commands.SERVICE_SECRETS[name]), (
+            f"{name} holds {sorted(held)}; it may hold {sorted(commands.SERVICE_SECRETS[name])} only"
+        )
+        # nowhere else either: a command line or a health check shows in `ps` and `docker inspect`
+        outside = {key: value for key, value in services[name].items() if key != "environment"}
+        for secret in secrets:
+            assert secret not in yaml.safe_dump(outside), f"{name} uses {secret} outside its environment"
+
+
+def test_passwords_are_url_safe_and_their_rules_written_down(env_example: dict[str, str]) -> None:
+    """compose builds the database URLs from the passwords unencoded: the example's must be URL-safe, the file must
+    say so, and the init script must refuse one that is not."""
+    from urllib.parse import quote
+
+    for name, value in _secrets(env_example).items():
+        assert quote(value, safe="") == value, f"{name}: {value!r} is not URL-safe"
+    text = ENV_EXAMPLE_PATH.read_text()
+    assert "URL" in text and "- _ . ~" in text and "token_urlsafe" in text
+    for name in ("PREFECT_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "SEQCAST_DB_PASSWORD"):
+        assert f"{name}=" in text and "Given to:" in text.split(f"{name}=")[0].rsplit("\n\n", 1)[-1], name
+    script = INIT_SCRIPT_PATH.read_text()
+    assert "*[!A-Za-z0-9._~-]*" in script and "exit 1" in script
+
+
+def _init_script() -> tuple[dict[str, str], dict[str, str]]:
+    """({role: the variable holding its password}, {database: its owner}) as init-databases.sh creates them."""
+    script = INIT_SCRIPT_PATH.read_text()
+    variables = dict(re.findall(r'-v (\w+)="\$(\w+)"', script))
+    roles = {role: variables[var] for role, var in re.findall(r"CREATE ROLE (\w+) LOGIN PASSWORD :'(\w+)';", script)}
+    owners = dict(re.findall(r"CREATE DATABASE (\w+) OWNER (\w+);", script))
+    return roles, owners
+
+
+def test_database_urls_agree_with_the_init_script(
+    env_example: dict[str, str], environments: dict[str, dict[str, str]]
+) -> None:
+    roles, owners = _init_script()
+    urls = {
+        ("prefect-server", "PREFECT_API_DATABASE_CONNECTION_URL"): "postgresql+asyncpg",
+        ("mlflow", "MLFLOW_BACKEND_STORE_URI"): "postgresql+psycopg",
+        ("worker", "SEQCAST_DATABASE_URL"): "postgresql+psycopg",
     }
     databases = set()
-    for key, driver in drivers.items():
-        url = urlsplit(env_example[key])
+    for (service, key), driver in urls.items():
+        url = urlsplit(environments[service][key])
         assert url.scheme == driver, f"{key} should use {driver}, not {url.scheme}"
         assert url.hostname == "postgres" and url.port == 5432, key
-        assert url.username == env_example["POSTGRES_USER"], f"{key} logs in as another user"
-        assert url.password == env_example["POSTGRES_PASSWORD"], f"{key} has another password than POSTGRES_PASSWORD"
-        databases.add(url.path.lstrip("/"))
-    assert databases == created == {"seqcast", "prefect", "mlflow"}
+        database = url.path.lstrip("/")
+        assert url.username == owners[database], f"{key} logs in as {url.username}, not {database}'s owner"
+        assert url.password == env_example[roles[url.username]], f"{key}: not the password of role {url.username}"
+        assert [roles[url.username]] == list(commands.SERVICE_SECRETS[service]), key
+        databases.add(database)
+    assert databases == set(owners) == {"seqcast", "prefect", "mlflow"}
+    assert "REVOKE ALL ON DATABASE prefect, mlflow, seqcast FROM PUBLIC" in INIT_SCRIPT_PATH.read_text()
+
+
+def test_postgres_is_healthy_only_once_it_accepts_tcp(services: dict[str, dict[str, Any]]) -> None:
+    """The image runs its init scripts on a server listening on the Unix socket alone; a bare `pg_isready` reports
+    healthy then, before the databases exist. Over TCP it answers only once the real server is up."""
+    postgres = services["postgres"]
+    test = postgres["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and "pg_isready" in test[1]
+    assert re.search(r"-h (127\.0\.0\.1|localhost)\b", test[1]), test
+    mounts = [m for m in postgres["volumes"] if "/docker-entrypoint-initdb.d/" in m]
+    assert [m.split(":")[0] for m in mounts] == ["./postgres/init-databases.sh"]
 
 
 # ------------------------------------------------------------------------------------------ same commands as tests
 
 
 def test_prefect_server_runs_the_tested_command(
-    services: dict[str, dict[str, Any]], env_example: dict[str, str]
+    services: dict[str, dict[str, Any]], environments: dict[str, dict[str, str]]
 ) -> None:
     service = services["prefect-server"]
     args = _match_command(commands.prefect_server, service["command"])
@@ -230,17 +316,20 @@ def test_prefect_server_runs_the_tested_command(
     port = args["port"]
     assert f"127.0.0.1:{port}:{port}" in service["ports"]
     assert _health_url(service) == f"http://127.0.0.1:{port}{commands.PREFECT_HEALTH_PATH}"
-    assert env_example["PREFECT_API_URL"] == f"http://prefect-server:{port}/api"
+    for client in ("worker", "deploy"):
+        assert environments[client]["PREFECT_API_URL"] == f"http://prefect-server:{port}/api", client
 
 
-def test_mlflow_runs_the_tested_command(services: dict[str, dict[str, Any]], env_example: dict[str, str]) -> None:
+def test_mlflow_runs_the_tested_command(
+    services: dict[str, dict[str, Any]], environments: dict[str, dict[str, str]]
+) -> None:
     service = services["mlflow"]
     args = _match_command(commands.mlflow_server, service["command"])
     assert args["host"] == "0.0.0.0"
     port = args["port"]
     assert f"127.0.0.1:{port}:{port}" in service["ports"]
     assert _health_url(service) == f"http://127.0.0.1:{port}{commands.MLFLOW_HEALTH_PATH}"
-    assert env_example["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
+    assert environments["worker"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
     # clients inside the network send Host: mlflow:<port>; MLflow refuses hosts not on its list
     assert f"mlflow:{port}" in args["allowed_hosts"].split(",")
     # the artifacts live in the named volume
@@ -249,13 +338,16 @@ def test_mlflow_runs_the_tested_command(services: dict[str, dict[str, Any]], env
     assert int(args["workers"]) >= 1
 
 
-def test_worker_runs_the_tested_command(services: dict[str, dict[str, Any]], env_example: dict[str, str]) -> None:
+def test_worker_runs_the_tested_command(
+    services: dict[str, dict[str, Any]], env_example: dict[str, str], environments: dict[str, dict[str, str]]
+) -> None:
     from flows.deploy import WORK_POOL
 
     service = services["worker"]
     args = _match_command(commands.prefect_worker, service["command"])
     # the pool the worker polls is the pool the deploy job registers to
     assert _interpolate(args["pool"], env_example) == env_example["SEQCAST_WORK_POOL"]
+    assert environments["deploy"]["SEQCAST_WORK_POOL"] == env_example["SEQCAST_WORK_POOL"]
     assert _interpolate(args["pool"], {}) == WORK_POOL
     assert _health_url(service) == f"http://127.0.0.1:8080{commands.WORKER_HEALTH_PATH}"
     assert "seqcast-home:/var/lib/seqcast" in service["volumes"]

@@ -53,6 +53,7 @@ def test_fallback_series_are_written_by_their_baseline_with_its_method(
     np.testing.assert_allclose(b["point"], day_before)
     hostile = rows[rows["series_id"] == HOSTILE]
     assert (hostile["point"] == observed[(HOSTILE, at(LENGTH - 1))]).all()
+    assert (rows["lower"] < rows["point"]).all() and (rows["point"] < rows["upper"]).all()
 
 
 def test_predict_batch_matches_predict_windows_default() -> None:
@@ -82,7 +83,8 @@ def test_forecast_twice_writes_the_same_rows_once(env: str, model: Registered) -
     assert (rows_2["model_name"] == model.name).all() and (rows_2["model_version"] == model.version).all()
     assert (rows_2["mlflow_run_id"] == model.run_id).all()
     assert (rows_2["flow_run_id"] == second.flow_run_id).all() and second.flow_run_id != first.flow_run_id
-    assert rows_2["lower"].isna().all() and rows_2["upper"].isna().all()
+    assert ((rows_2["lower"] < rows_2["point"]) & (rows_2["point"] < rows_2["upper"])).all()
+    assert (rows_2["level"] == 0.9).all()
     assert (rows_2["method"] == "lstm").all()  # the network's cell (TrainConfig's default) produced every row
     assert np.isfinite(rows_2["point"]).all()
     assert first.skipped == [] and first.model_version == model.version and first.mlflow_run_id == model.run_id
@@ -221,8 +223,6 @@ def test_as_of_before_lookback_observations_is_a_clear_error(env: str) -> None:
 def test_database_down_during_the_write_retries_then_fails_with_no_rows(
     env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy.exc import OperationalError
-
     import flows.forecast
     from flows.cli import _error_message
 
@@ -237,10 +237,10 @@ def test_database_down_during_the_write_retries_then_fails_with_no_rows(
     monkeypatch.setattr(
         flows.forecast, "write_forecasts_task", fc.write_forecasts_task.with_options(retry_delay_seconds=0)
     )
-    with pytest.raises(OperationalError) as caught:
+    with pytest.raises(store.StoreUnavailableError) as caught:
         flows.forecast.forecast_flow()
     assert len(attempts) == 1 + fc.write_forecasts_task.retries == 4
-    assert _error_message(caught.value).startswith("database error (OperationalError): ")
+    assert _error_message(caught.value).startswith("cannot reach database postgresql+psycopg://postgres@127.0.0.1:1/x")
     assert len(forecasts(env)) == 0
 
 
@@ -293,11 +293,11 @@ def test_padding_makes_a_forecast_independent_of_its_batch(model: Registered, ml
     panel = panel_from_frame(synthetic_frame(), freq=loaded.freq)
     series = np.repeat(np.arange(len(TRAINED)), 100)
     positions = np.tile(np.arange(LOOKBACK + 50, LOOKBACK + 150), len(TRAINED))
-    together = fc.predict_origins(loaded, panel, series, positions)
+    together, _, _ = fc.predict_origins(loaded, panel, series, positions)
     for i in (0, 1, 137, 399):
-        alone = fc.predict_origins(loaded, panel, series[i : i + 1], positions[i : i + 1])
+        alone, _, _ = fc.predict_origins(loaded, panel, series[i : i + 1], positions[i : i + 1])
         np.testing.assert_array_equal(alone[0], together[i])
-    three = fc.predict_origins(loaded, panel, series[[5, 250, 7]], positions[[5, 250, 7]])
+    three, _, _ = fc.predict_origins(loaded, panel, series[[5, 250, 7]], positions[[5, 250, 7]])
     np.testing.assert_array_equal(three, together[[5, 250, 7]])
 
 

@@ -234,8 +234,19 @@ def test_forecast_frame_uses_the_last_lookback_rows(trained: FitResult, sine_dat
     loaded = loaded_from(trained, sine_data)
     frame = sine_frame()
     out = forecast_frame(loaded, frame.sample(frac=1.0, random_state=1))  # row order does not matter
-    assert list(out.columns) == ["series_id", "origin_ts", "target_ts", "step", "point", "method"]
+    assert list(out.columns) == [
+        "series_id",
+        "origin_ts",
+        "target_ts",
+        "step",
+        "point",
+        "lower",
+        "upper",
+        "level",
+        "method",
+    ]
     assert (out["method"] == "lstm").all()
+    assert out[["lower", "upper", "level"]].isna().all().all(), "a model saved without intervals has no bounds"
     assert len(out) == 2 * HORIZON
     last = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(hours=299)
     assert (out["origin_ts"] == last).all()
@@ -292,7 +303,12 @@ def test_pyfunc_model_forecasts_in_original_units(trained: FitResult, sine_data:
     import mlflow.pyfunc
     from mlflow.models import infer_signature
 
-    folder = save_forecaster(tmp_path / "forecaster", trained.model, sine_data.scalers, sine_data.freq)
+    from tasks.intervals import calibrate_intervals
+
+    calibration = calibrate_intervals(loaded_from(trained, sine_data), sine_data, 0.8, 12)
+    folder = save_forecaster(
+        tmp_path / "forecaster", trained.model, sine_data.scalers, sine_data.freq, intervals=calibration
+    )
     frame = pyfunc_input(sine_frame().groupby("series_id").tail(LOOKBACK + 3).reset_index(drop=True))
     assert frame["ts"].dt.tz is None  # MLflow's schema enforcement takes naive datetimes only (UTC here)
     direct = forecast_frame(load_forecaster(folder), frame)
@@ -305,8 +321,20 @@ def test_pyfunc_model_forecasts_in_original_units(trained: FitResult, sine_data:
     )
     model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
     out = model.predict(frame)
-    assert list(out.columns) == ["series_id", "origin_ts", "target_ts", "step", "point", "method"]
-    assert (out["method"] == "lstm").all()
+    assert list(out.columns) == [
+        "series_id",
+        "origin_ts",
+        "target_ts",
+        "step",
+        "point",
+        "lower",
+        "upper",
+        "level",
+        "method",
+    ]
+    assert (out["method"] == "lstm").all() and (out["level"] == 0.8).all()
+    assert ((out["lower"] < out["point"]) & (out["point"] < out["upper"])).all()
+    np.testing.assert_allclose(out[["lower", "upper"]].to_numpy(), direct[["lower", "upper"]].to_numpy(), rtol=1e-6)
     last = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(hours=299)
     assert (pd.to_datetime(out["origin_ts"], utc=True) == last).all()
     assert (pd.to_datetime(out["target_ts"], utc=True) == last + pd.to_timedelta(out["step"], unit="h")).all()

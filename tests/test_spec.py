@@ -4,6 +4,7 @@ CLI options that build it."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import click
@@ -213,9 +214,14 @@ class _Reached(Exception):
     """Raised by the stand-in flows once they have the spec."""
 
 
-def test_options_reach_the_train_flow_as_one_spec(monkeypatch: pytest.MonkeyPatch) -> None:
-    import flows.train
+def test_options_reach_the_train_flow_as_one_spec(monkeypatch: pytest.MonkeyPatch, seqcast_home: Path) -> None:
+    from forecast_setup import synthetic_frame
 
+    import flows.train
+    from tasks import store
+    from tasks.settings import get_settings
+
+    store.upsert_observations(store.get_engine(get_settings().db_url), synthetic_frame(["a"]))  # the CLI checks first
     seen: dict[str, Any] = {}
 
     def fake_train_flow(**kwargs: Any) -> None:

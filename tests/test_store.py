@@ -195,6 +195,7 @@ def test_database_from_before_migrations_is_stamped_and_migrated_keeping_every_r
         assert set(inspect(conn).get_table_names()) == {
             "observations",
             "forecasts",
+            "forecast_scores",
             "seqcast_schema",
             store.VERSION_TABLE,
         }

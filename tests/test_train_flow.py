@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import uuid
-from pathlib import Path
 
-import pandas as pd
 import pytest
+from forecast_setup import TINY, TINY_REGISTERED
+from forecast_setup import electricity as _electricity
 
 from models.frequency import default_eval_stride
 from tasks import registry, store
@@ -16,44 +15,17 @@ from tasks.validate import DataValidationError
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
-TINY = RunSpec(
-    window={"lookback": 48, "horizon": 12},
-    model={"hidden_size": 8, "num_layers": 1},
-    training={"max_epochs": 1, "batch_size": 256},
-)
-
-
-@pytest.fixture
-def train_env(db_url: str, seqcast_home: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Settings pointing at `db_url` and the session MLflow store, with a model name of this test's own."""
-    from tasks.settings import get_settings
-
-    name = f"model-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("SEQCAST_DATABASE_URL", db_url)
-    monkeypatch.setenv("SEQCAST_MLFLOW_TRACKING_URI", mlflow_store)
-    monkeypatch.setenv("SEQCAST_REGISTERED_MODEL", name)
-    monkeypatch.setenv("SEQCAST_EXPERIMENT", name)
-    get_settings.cache_clear()
-    import mlflow
-
-    # set here too: a flow that fails before configuring MLflow must still be checked against this store
-    mlflow.set_tracking_uri(mlflow_store)
-    mlflow.set_registry_uri(mlflow_store)
-    return name
-
-
-def _electricity(days: int = 20) -> pd.DataFrame:
-    frame = pd.read_csv(Path(__file__).parents[1] / "tasks" / "samples" / "electricity.csv.gz")
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    return frame.head(days * 48)
+# the TINY spec, the electricity sample and the `train_env` fixture (tests/forecast_setup.py) are shared with
+# tests/test_mlflow_pages.py
 
 
 def test_train_flow_logs_lstm_and_gru_children_and_registers_one_version(train_env: str, db_url: str) -> None:
     from flows.train import train_flow
 
     store.upsert_observations(store.get_engine(db_url), _electricity())
-    summary = train_flow(TINY)
+    summary = train_flow(TINY_REGISTERED)  # a 1-epoch network may lose to a baseline: registered all the same
 
+    assert summary.version is not None
     assert [c.cell for c in summary.candidates] == ["lstm", "gru"]
     client = registry.get_client()
     children = client.search_runs(
@@ -62,6 +34,7 @@ def test_train_flow_logs_lstm_and_gru_children_and_registers_one_version(train_e
     assert sorted(r.data.tags["seqcast.cell"] for r in children) == ["gru", "lstm"]
     for run in children:
         assert {"test_mae", "test_mase", "seasonal_naive_48_test_mase", "train_loss"} <= set(run.data.metrics)
+        assert 0 < run.data.metrics["test_coverage"] <= 1 and run.data.metrics["served_test_msis"] > 0
     parent = client.get_run(summary.parent_run_id)
     assert parent.data.tags["seqcast.trigger"] == "manual" and "data.test_start" in parent.data.tags
     # the resolved spec, with the values the run used where the spec left them to the data
@@ -85,6 +58,11 @@ def test_train_flow_logs_lstm_and_gru_children_and_registers_one_version(train_e
     loaded = registry.load_version(train_env, summary.version)
     assert loaded.fallback == {sid: method for sid, method in served.items() if method != summary.best_cell}
     assert loaded.config.scaling in ("series", "last")  # "auto" kept the one with the lower validation loss
+    # intervals at the spec's level, and the test figures the monitor holds this version to
+    assert loaded.intervals is not None and loaded.intervals.level == 0.9
+    assert {summary.best_cell, "naive", "seasonal_naive_48"} <= set(loaded.intervals.quantiles)
+    assert loaded.reference is not None and set(loaded.reference.series) == set(served)
+    assert loaded.reference.test_mase == pytest.approx(summary.served["mase"])
 
 
 def test_a_series_too_short_for_the_window_stops_before_anything_is_registered(train_env: str, db_url: str) -> None:

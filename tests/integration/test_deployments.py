@@ -76,8 +76,9 @@ def champion(
 ) -> str:
     """A trained champion in the MLflow server: the train flow, run in this process with a tiny config.
 
-    Returns its version. A tiny model may lose to seasonal naive, and then the flow rightly promotes nothing;
-    these tests are about deployments, so setup then names the trained version champion itself.
+    Returns its version. A tiny model may lose to seasonal naive, and then the flow rightly promotes nothing (it
+    registers it, as challenger, because the spec says `register_rejected`); these tests are about deployments, so
+    setup then names the trained version champion itself.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -95,7 +96,12 @@ def champion(
             from tasks.spec import RunSpec
 
             train_flow(
-                RunSpec(window={"lookback": 48, "horizon": 12}, model={"cells": ["gru"]}, training={"max_epochs": 1}),
+                RunSpec(
+                    window={"lookback": 48, "horizon": 12},
+                    model={"cells": ["gru"]},
+                    training={"max_epochs": 1},
+                    evaluation={"register_rejected": True},  # registered even if it loses to a baseline
+                ),
                 series=[SERIES],
                 as_of=LAST_TS.to_pydatetime(),
             )
@@ -148,7 +154,7 @@ def flow_runs(
     # A scheduled deployment started by hand. The sample is from 2000, so `as_of` is given instead of
     # defaulting to now: the forecast origin is then the sample's last observation.
     forecast = run_deployment(
-        name="seqcast-forecast/nightly",
+        name="seqcast-forecast/nightly-forecast",
         parameters={"as_of": LAST_TS.isoformat(), "series": [SERIES]},
         timeout=0,
         as_subflow=False,
@@ -185,10 +191,10 @@ def _forecast_rows(db_url: str, flow_run_id: Any) -> pd.DataFrame:
 
 
 def test_deployments_registered_on_the_pool_with_schedules_and_limits(deployment_ids: dict[str, str]) -> None:
-    from flows.deploy import CRON_FORECAST, CRON_TRAIN, DEPLOYMENTS, FLOW_RUN_ENV
+    from flows.deploy import CRON_FORECAST, CRON_MONITOR, CRON_TRAIN, DEPLOYMENTS, FLOW_RUN_ENV
 
     assert sorted(deployment_ids) == sorted(spec.full_name for spec in DEPLOYMENTS)
-    crons = {"train": CRON_TRAIN, "forecast": CRON_FORECAST}
+    crons = {"train": CRON_TRAIN, "forecast": CRON_FORECAST, "monitor": CRON_MONITOR}
     for spec in DEPLOYMENTS:
         deployment = _read_deployment(spec.full_name)
         assert str(deployment.id) == deployment_ids[spec.full_name]
@@ -225,7 +231,7 @@ def test_backfill_deployment_asks_for_a_date_range_in_a_form(deployment_ids: dic
     every_types = {option.get("type") for option in properties["every"].get("anyOf", [properties["every"]])}
     assert "string" in every_types
     # the train and forecast forms have no required field: a schedule starts them with the defaults
-    for name in ("seqcast-train/nightly", "seqcast-forecast/nightly"):
+    for name in ("seqcast-train/nightly-retrain", "seqcast-forecast/nightly-forecast"):
         assert not _read_deployment(name).parameter_openapi_schema.get("required")
 
 
@@ -315,10 +321,10 @@ def test_deploying_again_updates_in_place(deployment_ids: dict[str, str], prefec
 
     again = deploy_all(api_url=prefect_api, cron_train="30 1 * * *", timezone="UTC", project_dir=Path(ROOT))
     assert again == deployment_ids
-    train = _read_deployment("seqcast-train/nightly")
+    train = _read_deployment("seqcast-train/nightly-retrain")
     assert [(s.schedule.cron, s.schedule.timezone, s.parameters) for s in train.schedules] == [
         ("30 1 * * *", "UTC", {"trigger": "schedule"})
     ]
-    forecast = _read_deployment("seqcast-forecast/nightly")
+    forecast = _read_deployment("seqcast-forecast/nightly-forecast")
     assert [(s.schedule.cron, s.schedule.timezone) for s in forecast.schedules] == [("0 3 * * *", "UTC")]
     assert _read_deployment("seqcast-backfill/on-demand").schedules == []
