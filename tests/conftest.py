@@ -75,3 +75,30 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+PREFECT_COMMAND_ENV = ("PREFECT_API_URL", "PREFECT_UI_URL")
+
+
+@pytest.fixture(autouse=True)
+def command_prefect_api_is_undone() -> Iterator[None]:
+    """A `seqcast` command run in this process (flows.cli.main) points PREFECT_API_URL at the temporary server it
+    starts, for the rest of the process, as it should for a command. Afterwards the test process goes back to its
+    own settings, and Prefect's events worker, which is made once per process for the API it first saw, is drained
+    so that the next event goes to the API of the next test (the harness's)."""
+    import os
+
+    before = {name: os.environ.get(name) for name in PREFECT_COMMAND_ENV}
+    yield
+    if all(os.environ.get(name) == value for name, value in before.items()):
+        return
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    from prefect.context import refresh_global_settings_context
+    from prefect.events.worker import EventsWorker
+
+    refresh_global_settings_context()
+    EventsWorker.drain_all()
