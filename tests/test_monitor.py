@@ -462,8 +462,13 @@ def test_monitor_flow_emits_the_event_and_records_the_night(
     monitored: str, referenced: RegisteredWithReference, mlflow_store: str
 ) -> None:
     from mlflow import MlflowClient
+    from prefect.events.worker import EventsWorker
 
     from flows.monitor import monitor_flow
+
+    # Prefect keeps one events worker per process, bound to the API it first saw; tests before this one may have
+    # pointed it at a server that has stopped since (a real process keeps one API). Start this test's afresh.
+    EventsWorker.drain_all()
 
     as_of = dt.datetime(2024, 1, 14, 23, tzinfo=UTC)
     summary = monitor_flow(registered_model=referenced.name, as_of=as_of)
