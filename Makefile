@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
 
-.PHONY: help install dev demo test bench clean
+.PHONY: help install extras dev demo test bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ $(BIN)/python:
 install: $(BIN)/python ## Install seqcast into .venv (CPU torch wheel first, so pip does not pull the CUDA build)
 	$(BIN)/pip install --quiet "$(TORCH_CPU)" || $(BIN)/pip install --quiet "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/pip install --quiet -e .
+
+extras: install ## Install the optional extras named in EXTRAS (make extras EXTRAS=ray), torch kept at the CPU wheel
+	$(BIN)/pip install --quiet "$(TORCH_CPU)" -e ".[$(EXTRAS)]"
 
 dev: install ## Install seqcast with the test and lint extras
 	$(BIN)/pip install --quiet -e ".[dev]"

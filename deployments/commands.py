@@ -44,6 +44,10 @@ SERVICE_ENV: dict[str, tuple[str, ...]] = {
         "SEQCAST_TIMEZONE",
         "SEQCAST_PROJECT_DIR",
     ),
+    # The optional Ray cluster (compose profile `ray`): its tasks get every address they need with their arguments
+    # and Prefect settings, so its nodes need no settings and hold no password.
+    "ray-head": (),
+    "ray-worker": (),
 }
 
 # The passwords (docker/.env) each service may hold, alone or inside a database URL: the role it logs in as. The
@@ -54,6 +58,8 @@ SERVICE_SECRETS: dict[str, tuple[str, ...]] = {
     "mlflow": ("MLFLOW_DB_PASSWORD",),
     "worker": ("SEQCAST_DB_PASSWORD",),
     "deploy": (),
+    "ray-head": (),
+    "ray-worker": (),
 }
 
 
@@ -107,3 +113,17 @@ def deploy() -> list[str]:
     """Register the four deployments and the retraining automation (options from SEQCAST_WORK_POOL,
     SEQCAST_*_CRON, SEQCAST_RETRAIN_COOLDOWN_HOURS, SEQCAST_TIMEZONE)."""
     return ["python", "-m", "flows.deploy"]
+
+
+def ray_head(port: int, num_cpus: int, block: bool = True) -> list[str]:
+    """The head of a Ray cluster (the `ray` compose profile): the driver (a flow run) connects to `<head>:port`.
+    `block`: stay in the foreground, as a container's command must; tests start it in the background."""
+    command = ["ray", "start", "--head", "--port", str(port), "--num-cpus", str(num_cpus)]
+    command += ["--include-dashboard", "false", "--disable-usage-stats"]
+    return [*command, "--block"] if block else command
+
+
+def ray_worker(address: str, num_cpus: int, block: bool = True) -> list[str]:
+    """A Ray worker node joining the head at `address` (host:port); its CPUs run the candidates' tasks."""
+    command = ["ray", "start", "--address", address, "--num-cpus", str(num_cpus), "--disable-usage-stats"]
+    return [*command, "--block"] if block else command

@@ -24,6 +24,7 @@ import click
 from click.core import ParameterSource
 
 from flows.prefect_server import start_temporary_prefect_api
+from flows.warm import run_warm, runs_warm
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -31,6 +32,15 @@ if TYPE_CHECKING:
 
     from tasks.spec import RunSpec
 
+# Environment every command sets unless given (before torch and mlflow are imported, which read them):
+COMMAND_ENV_DEFAULTS = {
+    # Prefect's temporary local server would otherwise try to send usage analytics on every command.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # OpenMP threads that spin while waiting cut RNN training 3-10x when the cores are shared (docs/benchmarks.md).
+    "OMP_WAIT_POLICY": "PASSIVE",
+    # MLflow's INFO lines (creating its tables, validating the input example) say nothing a user acts on.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+}
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
@@ -312,9 +322,11 @@ def train_command(ctx: click.Context, series: tuple[str, ...], as_of: Any, **_: 
     spec = _run_spec(ctx)
     _require_observations(list(series) or None)
     from flows.train import train_flow
+    from tasks.runners import task_runner_for
 
     with _flow_console():
-        summary = train_flow(spec=spec, series=list(series) or None, as_of=as_of)
+        flow = train_flow.with_options(task_runner=task_runner_for(spec))  # --task-runner, --ray-address
+        summary = flow(spec=spec, series=list(series) or None, as_of=as_of)
     _print_training(summary)
 
 
@@ -668,14 +680,12 @@ def _printable(text: str, limit: int = 80) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `seqcast` console script; returns the exit code."""
-    # Prefect's temporary local server would otherwise try to send usage analytics on every command.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # OpenMP threads that spin while waiting cut RNN training 3-10x when the cores are shared (docs/benchmarks.md);
-    # this must be set before torch is first imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # MLflow's INFO lines (creating its tables, validating the input example) say nothing a user acts on; its
-    # warnings stay. Read when mlflow is first imported.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name, value in COMMAND_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if argv is None and runs_warm(sys.argv[1:]):  # the console script: run it in a warm process (flows/warm.py)
+        warm_code = run_warm(sys.argv[1:])
+        if warm_code is not None:
+            return warm_code
     if not os.environ.get("SEQCAST_DEBUG"):
         _quiet_expected_errors()
     try:
@@ -686,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("interrupted", err=True)  # click turns Ctrl-C into Abort (no command prompts)
         return 130
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -40,7 +40,6 @@ STATE_LINES = (
     "Running hook ",
     "Hook '",
 )
-_expected_types: set[str] = set()  # names of the SeqcastError types the engine has logged in this process
 
 
 class ExpectedErrors(logging.Filter):
@@ -55,7 +54,6 @@ class ExpectedErrors(logging.Filter):
             record.exc_info = None
             record.exc_text = None
             record.seqcast_error = type(error).__name__
-            _expected_types.add(type(error).__name__)
         return True
 
 
@@ -75,10 +73,23 @@ class ConsoleNoise(logging.Filter):
             return False
         message = record.getMessage()
         if message.startswith("Finished in state Failed("):  # the state line of a run that failed with our error
-            return not any(f" {name}: " in message for name in _expected_types)
+            # (Prefect logs a failed task's state line before the error itself, so match the names of all our errors)
+            return not any(f" {name}: " in message for name in _seqcast_error_names())
         if record.levelno == logging.INFO:
             return not (message.startswith(STATE_LINES) or (self.temporary_api and message.startswith("View at ")))
         return True
+
+
+def _seqcast_error_names() -> set[str]:
+    """Names of SeqcastError and every subclass of it defined so far."""
+    from models.errors import SeqcastError
+
+    names, pending = set(), [SeqcastError]
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending += cls.__subclasses__()
+    return names
 
 
 def quiet_expected_errors() -> None:
@@ -88,6 +99,14 @@ def quiet_expected_errors() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, ExpectedErrors) for f in logger.filters):
             logger.addFilter(ExpectedErrors())
+
+
+def quiet_worker_console() -> None:
+    """In a flow run's process started by a Prefect worker: the console filters of a command."""
+    import prefect.main  # noqa: F401 - sets up Prefect's logging now (the engine would, later), so there are handlers
+
+    quiet_expected_errors()
+    quiet_console(temporary_api=False)
 
 
 def _console_handlers() -> list[logging.Handler]:
@@ -213,16 +232,18 @@ def _isatty(stream: Any) -> bool:
 @contextmanager
 def flow_console(temporary_api: bool) -> Iterator[None]:
     """The console of a command while its flow runs in this process: Prefect's noise dropped (unless
-    SEQCAST_DEBUG is set), and progress bars on a terminal."""
+    SEQCAST_DEBUG is set), progress bars on a terminal, and Ctrl-C stopping training in every thread."""
     import os
 
     from tasks import progress
+    from tasks.train import stop_training_on_interrupt
 
     if not os.environ.get("SEQCAST_DEBUG"):
         quiet_console(temporary_api)
     console = terminal_console()
-    if console is None:
-        yield
-        return
-    with ProgressBars(console) as bars, progress.observe(bars):
-        yield
+    with stop_training_on_interrupt():
+        if console is None:
+            yield
+            return
+        with ProgressBars(console) as bars, progress.observe(bars):
+            yield

@@ -11,6 +11,7 @@ from flows.ingest import ingest_flow
 from flows.train import TrainSummary, train_flow
 from tasks.forecast import FORECASTS_TABLE, alias_version_task, read_command
 from tasks.registry import experiment_url, mlflow_ui_url
+from tasks.runners import task_runner_for
 from tasks.settings import get_settings
 from tasks.spec import RunSpec
 
@@ -46,7 +47,7 @@ def demo_flow(
         max_gap_steps=spec.data.max_gap_steps,
         outlier_policy=spec.data.outlier_policy,
     )
-    training = train_flow(spec=spec)
+    training = train_flow.with_options(task_runner=task_runner_for(spec))(spec=spec)
     champion = alias_version_task(settings.tracking_uri, training.model_name)
     forecast = forecast_flow(registered_model=training.model_name) if champion is not None else None
     return DemoSummary(training=training, next_steps=next_steps(training, forecast), forecast=forecast)

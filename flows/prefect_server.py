@@ -13,6 +13,10 @@ temporary server), started so that it dies with the command: on Linux it asks th
 and it is stopped at exit as Prefect stops its own. Flow runs go to Prefect's own database under PREFECT_HOME, as
 with Prefect's temporary server, so `prefect server start` shows them afterwards.
 
+The warm server that runs commands (flows/warm.py) starts one such server for all the commands it runs; it dies
+with the warm server, and each command's child process finds it with `start_temporary_prefect_api()` as if it had
+started it itself.
+
 With PREFECT_API_URL set (environment or Prefect profile), or Prefect's ephemeral mode turned off, nothing is
 started: Prefect's settings decide, as they would without seqcast.
 
@@ -101,10 +105,14 @@ class TemporaryServer:
             self.process.wait()
 
 
+_started: TemporaryServer | None = None  # the server this process started (inherited by a warm command's child)
+
+
 def start_temporary_prefect_api() -> str | None:
     """Start the temporary Prefect server that Prefect would start for this process's first flow, as a server that
-    dies with this process, and point PREFECT_API_URL at it; its API URL, or None when nothing was started because
-    Prefect's settings name an API (or forbid the temporary server), or one was started already.
+    dies with this process, and point PREFECT_API_URL at it; its API URL (also when it was started before in this
+    process, or by the warm server a command runs under, flows/warm.py), or None when Prefect's settings name
+    another API or forbid the temporary server.
 
     Call it from the main thread (Linux sends the parent-death signal when the thread that started the child ends),
     right before a command runs its first flow: after the command has checked its options, so that a bad option
@@ -112,7 +120,25 @@ def start_temporary_prefect_api() -> str | None:
     after Prefect's log and event workers have sent what they still hold (their exit hooks are registered later, so
     they run first).
     """
-    from prefect.context import refresh_global_settings_context
+    if _started is not None and os.environ.get("PREFECT_API_URL") == _started.api_url:
+        return _started.api_url
+    server = start_server_for_settings()
+    if server is None:
+        return None
+    atexit.register(server.stop)
+    use_temporary_server(server)
+    return server.api_url
+
+
+def started_server() -> TemporaryServer | None:
+    """The temporary server this process started (or, in a warm command's child, the warm server started)."""
+    return _started
+
+
+def start_server_for_settings() -> TemporaryServer | None:
+    """The temporary server Prefect's settings call for (started, healthy), or None when they name an API or
+    forbid a temporary server. The caller stops it."""
+    global _started
     from prefect.logging import get_logger
     from prefect.settings import get_current_settings
 
@@ -122,9 +148,17 @@ def start_temporary_prefect_api() -> str | None:
     settings.home.mkdir(parents=True, exist_ok=True)  # the server keeps its database there
     env = {**os.environ, **SERVER_ENV, **settings.to_environment_variables(exclude_unset=True)}
     timeout = max(float(settings.server.ephemeral.startup_timeout_seconds), MIN_STARTUP_TIMEOUT)
-    server = TemporaryServer.start(env, timeout=timeout)
-    atexit.register(server.stop)
-    get_logger().debug("Started a temporary Prefect server on %s; it stops with this command", server.api_url)
+    _started = TemporaryServer.start(env, timeout=timeout)
+    get_logger().debug("Started a temporary Prefect server on %s", _started.api_url)
+    return _started
+
+
+def use_temporary_server(server: TemporaryServer) -> None:
+    """Point this process's Prefect settings (PREFECT_API_URL, and PREFECT_UI_URL unless set) at `server`."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
     os.environ["PREFECT_API_URL"] = server.api_url
     if "ui_url" not in settings.model_fields_set:  # links to flow runs (MLflow tags, summaries, Prefect's logs)
         # point where `prefect server start` shows them later from the same database, not at this server: it has
@@ -133,7 +167,6 @@ def start_temporary_prefect_api() -> str | None:
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - compared, not bound
         os.environ["PREFECT_UI_URL"] = f"http://{host}:{settings.server.api.port}"
     refresh_global_settings_context()  # every thread and child process of the command uses this server
-    return server.api_url
 
 
 def _free_port() -> int:

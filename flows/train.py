@@ -1,29 +1,30 @@
-"""Nightly retraining: read -> validate -> window -> train LSTM and GRU -> evaluate -> register, promote if better."""
+"""Nightly retraining: read -> validate -> window -> train LSTM and GRU -> evaluate -> register, promote if better.
+
+The candidates (train -> evaluate -> log, tasks/candidate.py) are submitted to the flow's task runner and train side by
+side: on this machine's cores by default, on a Ray cluster when one is configured. Callers choose the runner from
+the spec at call time, `train_flow.with_options(task_runner=tasks.runners.task_runner_for(spec))`; the decorator's
+is the environment's default (SEQCAST_RAY_ADDRESS), which is what a deployment's flow run gets.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
 
 from models.frequency import season_length
-from tasks import evaluate, gate, intervals, plots, registry
+from tasks import gate, registry, runners
+from tasks.candidate import CandidateJob, candidate_task
 from tasks.run_context import Trigger, resolve_run_context
 from tasks.settings import get_settings
 from tasks.spec import RunSpec
 from tasks.store import read_observations_task
-from tasks.train import train_candidate_task
 from tasks.validate import validate_observations_task
 from tasks.windowing import make_windows_task, resolve_spec_task
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass
@@ -91,7 +92,13 @@ def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
         logging.getLogger(__name__).warning("marked %d MLflow runs FAILED: %s", len(closed), ", ".join(closed))
 
 
-@flow(name="seqcast-train", log_prints=True, on_failure=[close_failed_runs], on_crashed=[close_failed_runs])
+@flow(
+    name="seqcast-train",
+    log_prints=True,
+    task_runner=runners.task_runner_for(),  # the environment's default; callers pass the spec's (with_options)
+    on_failure=[close_failed_runs],
+    on_crashed=[close_failed_runs],
+)
 def train_flow(
     spec: RunSpec = RunSpec(),  # noqa: B008 - frozen, so one shared default is safe; the dashboard form shows it
     series: list[str] | None = None,
@@ -106,7 +113,8 @@ def train_flow(
     series lengths; the parent MLflow run gets the resolved spec as its params.
 
     Args:
-        spec: Every setting of the run: window, model, training, evaluation, data.
+        spec: Every setting of the run: window, model, training, evaluation, data, and where the candidates train
+            (`execution`; the flow's task runner is chosen from it by its caller: `tasks.runners.task_runner_for`).
         series: Train on these series ids only; None (default): every stored series.
         registered_model: MLflow registered model to register in; empty (default): SEQCAST_REGISTERED_MODEL
             ("seqcast").
@@ -139,48 +147,32 @@ def train_flow(
     )
     run_tags = context.mlflow_tags()
     parent_run_id = registry.start_run_task(experiment_id, f"train {context.as_of:%Y-%m-%d %H:%M}", run_tags)
-    registry.log_training_data_task(parent_run_id, frame, data, {}, validation=[report.json_path, report.html_path])
+    runner = {"seqcast.task_runner": runners.current_runner_name()}
+    registry.log_training_data_task(parent_run_id, frame, data, runner, validation=[report.json_path, report.html_path])
     registry.log_params_task(parent_run_id, spec.mlflow_params())
 
+    # one task per candidate (train -> evaluate -> log to its child run), side by side on the flow's task runner
     baseline_seasons = spec.evaluation.seasons or []
-    level = spec.evaluation.interval_level
-    candidates: list[CandidateSummary] = []
-    evaluations: dict[str, evaluate.Evaluation] = {}
-    for cell in spec.model.cells:
-        run_name = f"{cell} {context.as_of:%Y-%m-%d %H:%M}"  # cell and night: charts across nights read well
-        run_id = registry.start_run_task(experiment_id, run_name, {**run_tags, "seqcast.cell": cell}, parent_run_id)
-        fit = train_candidate_task(data, spec.train_config(cell), registry.epoch_logger(run_id))
-        calibration = intervals.calibrate_intervals_task(fit, data, level, season, baseline_seasons)
-        predicted = evaluate.forecast_test_windows_task(fit, data)
-        scores = evaluate.evaluate_task(
-            data,
-            predicted,
-            season,
-            baseline_seasons,
-            model_name=cell,
-            artifact_key=f"test-evaluation-{cell}",
-            calibration=calibration,
+    jobs = [
+        CandidateJob(
+            config=spec.train_config(cell),
+            tracking_uri=settings.tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            run_name=f"{cell} {context.as_of:%Y-%m-%d %H:%M}",  # cell and night: charts across nights read well
+            tags={**run_tags, "seqcast.cell": cell},
+            level=spec.evaluation.interval_level,
+            season=season,
+            baseline_seasons=baseline_seasons,
+            cores=runners.cores_per_task(len(spec.model.cells)),
         )
-        with tempfile.TemporaryDirectory(prefix="seqcast-plots-") as plots_dir:
-            best_baseline = scores.best_baseline()
-            figures = plots.plot_forecasts_task(
-                data.panel,
-                data.test_starts,
-                predicted,
-                data.lookback,
-                data.horizon,
-                Path(plots_dir),
-                baseline=scores.baseline_forecasts[best_baseline],
-                scores=scores.model,
-                baseline_label=best_baseline.replace("_", " "),
-                bounds=scores.bounds.get(cell),
-                level=level,
-            )
-            figures.append(plots.plot_mae_by_step_task(scores, Path(plots_dir)))
-            model_uri = registry.log_candidate_task(run_id, fit, scores, data, frame, figures)
-        registry.end_run_task(run_id)
-        evaluations[cell] = scores
-        candidates.append(CandidateSummary(cell, run_id, model_uri, scores.metrics()))
+        for cell in spec.model.cells
+    ]
+    with runners.training_resources():
+        futures = [candidate_task.submit(job, data, frame) for job in jobs]
+    results = runners.results_in_order(futures)  # all finished, in the cells' order
+    evaluations = {r.cell: r.evaluation for r in results}
+    candidates = [CandidateSummary(r.cell, r.run_id, r.model_uri, r.evaluation.metrics()) for r in results]
 
     best = candidates[list(evaluations).index(gate.best_candidate(evaluations))]
     champion = gate.score_champion_task(model_name, data, season, baseline_seasons)

@@ -12,3 +12,8 @@ from __future__ import annotations
 
 class SeqcastError(Exception):
     """An error whose message is meant for the user as written (bad input, a missing model, a store that failed)."""
+
+
+class UnusableDataError(SeqcastError, ValueError):
+    """Observations a run cannot use as they are (mixed frequencies, series too short for the window, none at all);
+    the message names the series and what to change."""

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from models.errors import UnusableDataError
 from models.frequency import infer_freq
 
 GROUP_SIZE = 1 << 20  # points (or windows) per group of series in the grouped passes: bounds their temporaries
@@ -92,7 +93,7 @@ def panel_from_frame(frame: pd.DataFrame, freq: str | None = None) -> SeriesPane
         freqs = {infer_freq(ts) for ts in timestamps}
         if len(freqs) != 1:
             by_series = {sid: infer_freq(ts) for sid, ts in zip(series_ids, timestamps, strict=True)}
-            raise ValueError(f"series have different frequencies {by_series}; train them in separate runs")
+            raise UnusableDataError(f"series have different frequencies {by_series}; train them in separate runs")
         freq = freqs.pop()
     return SeriesPanel(
         series_ids=series_ids,

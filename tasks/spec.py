@@ -197,8 +197,26 @@ class DataSpec(_Part):
         return self
 
 
+class ExecutionSpec(_Part):
+    """Where the candidates train: the flow's task runner (tasks/runners.py). Results do not depend on it."""
+
+    task_runner: Literal["auto", "serial", "threads", "ray"] = Field(
+        default="auto",
+        description="How the candidates train. serial: one after the other, each on every core; threads: side by "
+        "side on this machine, each on its share of the cores; ray: as tasks of the Ray cluster at ray_address (a "
+        "temporary local one without it); auto: ray when a Ray address is set (ray_address or SEQCAST_RAY_ADDRESS), "
+        "else threads.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Address of the Ray cluster to train on: ray://<head>:10001 (Ray client), or <head>:6379 from "
+        "a machine of the cluster. Default: SEQCAST_RAY_ADDRESS.",
+    )
+
+
 class RunSpec(BaseModel):
-    """Every setting of a training run: window, model, training, evaluation and data.
+    """Every setting of a training run: window, model, training, evaluation, data and where it runs.
 
     Settings left empty follow the data: lookback, horizon, evaluation stride and seasons come from its frequency
     and series lengths (`resolve`), and the parent MLflow run records the values used as its params.
@@ -211,6 +229,7 @@ class RunSpec(BaseModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description=TrainingSpec.__doc__)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description=EvaluationSpec.__doc__)
     data: DataSpec = Field(default_factory=DataSpec, description=DataSpec.__doc__)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description=ExecutionSpec.__doc__)
 
     @model_validator(mode="after")
     def _settings_agree(self) -> RunSpec:
@@ -356,6 +375,8 @@ class RunSpec(BaseModel):
         params["model.head"] = next(iter(configs.values())).resolved_head(w.lookback, w.horizon)
         if spec.data.max_gap_steps is None:
             params["data.max_gap_steps"] = 0
+        if spec.execution.ray_address is None:  # where the run trained, when it was a Ray cluster
+            del params["execution.ray_address"]
         return params
 
     # --------------------------------------------------------------------------------------------- helpers

@@ -12,6 +12,7 @@ import contextvars
 import copy
 import logging
 import math
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,35 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 class TrainingDivergedError(SeqcastError, RuntimeError):
     """The loss became NaN, infinite or exploded; nothing trained in this run should be registered."""
+
+
+class TrainingInterruptedError(SeqcastError, RuntimeError):
+    """Training was stopped on request (Ctrl-C); nothing trained in this run is registered."""
+
+
+_STOP = threading.Event()  # set by Ctrl-C under `stop_training_on_interrupt`: every fit ends at its next batch
+
+
+@contextmanager
+def stop_training_on_interrupt() -> Iterator[None]:
+    """While inside (main thread only): Ctrl-C also stops every fit of this process at its next batch. Fits in
+    worker threads (candidates and scalings side by side) would otherwise train on to their last epoch while the
+    interrupted main thread waits for them."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        _STOP.set()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _STOP.clear()
 
 
 # Windows per optimizer step when `batch_size` is None. oneDNN's fused LSTM is fastest at 32 (a 1x32 step costs
@@ -149,11 +179,36 @@ class FitResult:
 
 
 SMALL_STEP_WORK = 32_768
-_INIT_LOCK = threading.Lock()
+_INIT_LOCK = threading.RLock()  # seeded init; held for a whole fit with dropout (see `_fit`)
+# The cores this thread's fits may use (`cpu_budget`); None: the whole machine, as torch's own default.
+_CORES: contextvars.ContextVar[int | None] = contextvars.ContextVar("seqcast_training_cores", default=None)
+
+
+@contextmanager
+def cpu_budget(cores: int | None) -> Iterator[None]:
+    """Train and predict in this block on at most `cores` CPU cores (None: no limit): one candidate's share when
+    candidates train side by side (tasks/runners.py).
+
+    How the share is spent: a large network trains on `cores` threads; a small one on 1 (`training_threads`), and
+    the two tries of scaling "auto" then go side by side, 1 thread each, whatever the share. So the threads never
+    outnumber the cores more than twice (the threads runner runs at most one candidate per core): on 2 cores, LSTM
+    and GRU at once are 4 one-thread fits on 2 cores. Measured on the demo's data (docs/benchmarks.md), this keeps
+    both cores busy to the end, where 1 core per candidate with its tries one after the other left one idle once
+    the faster candidate was done (228 s against 199 s one candidate at a time; this rule: 232 s against 288 s,
+    on a busier machine). Torch's thread count is per OS thread (OpenMP), so the shares of candidates in other
+    threads do not disturb each other.
+    """
+    token = _CORES.set(cores)
+    try:
+        with _cpu_threads(cores):
+            yield
+    finally:
+        _CORES.reset(token)
 
 
 def training_threads(config: TrainConfig, device: torch.device) -> int | None:
-    """CPU threads for training: `num_threads` when set; else 1 when each time step's GEMM is small, else torch's.
+    """CPU threads for training: `num_threads` when set; else 1 when each time step's GEMM is small, else the
+    `cpu_budget` (None without one: torch's default, every core).
 
     An RNN runs L small GEMMs in sequence; when each has fewer than 32k outputs (batch x gates x hidden),
     OpenMP's fork/join per step costs more than a second thread saves (1x32 at batch 32: 4,861 windows/s on
@@ -161,8 +216,13 @@ def training_threads(config: TrainConfig, device: torch.device) -> int | None:
     """
     if config.num_threads is not None or device.type != "cpu":
         return config.num_threads
+    return 1 if _small_steps(config) else _CORES.get()
+
+
+def _small_steps(config: TrainConfig) -> bool:
+    """Whether each time step's GEMM has fewer than SMALL_STEP_WORK outputs (batch x gates x hidden)."""
     gates = 4 if config.cell == "lstm" else 3
-    return 1 if config.effective_batch_size * gates * config.hidden_size < SMALL_STEP_WORK else None
+    return config.effective_batch_size * gates * config.hidden_size < SMALL_STEP_WORK
 
 
 @contextmanager
@@ -231,7 +291,8 @@ def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCal
     replayed under the plain names, so a run's `train_loss` / `val_loss` curves are the model it keeps.
     Small networks on the CPU train the tries side by side, one thread each (the results are those of training
     them one after the other: weights are initialised under a lock from the seed, batches are shuffled by each
-    fit's own generator, and without dropout nothing else draws random numbers).
+    fit's own generator, and without dropout nothing else draws random numbers). Candidates training side by side
+    (tasks/candidate.py, `cpu_budget`) rely on the same three facts.
     """
 
     def fit_one(scaling: Scaling) -> FitResult:
@@ -243,7 +304,8 @@ def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCal
 
     started = time.perf_counter()
     device = resolve_device(config.device)
-    side_by_side = device.type == "cpu" and config.dropout == 0.0 and training_threads(config, device) == 1
+    one_thread = config.num_threads == 1 or (config.num_threads is None and _small_steps(config))
+    side_by_side = device.type == "cpu" and config.dropout == 0.0 and one_thread  # whatever the `cpu_budget`
     run_logger(__name__).info(
         "training %s %dx%d on %s, scalings %s%s: %d train / %d validation windows, batch %d",
         config.cell,
@@ -288,7 +350,18 @@ def _outcome(fit: FitResult) -> str:
 def _fit(
     data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None, level: int = logging.INFO
 ) -> FitResult:
-    """One network with one concrete scaling (see `fit_forecaster`); its first and last log lines at `level`."""
+    """One network with one concrete scaling (see `fit_forecaster`); its first and last log lines at `level`.
+
+    Dropout draws its masks from torch's one global generator, so a fit with dropout holds the init lock from
+    start to end: fits in other threads (candidates side by side) neither seed nor draw from it meanwhile, and
+    they wait; results stay those of a serial run."""
+    if config.dropout > 0.0:
+        with _INIT_LOCK:
+            return _fit_one(data, config, on_epoch, level)
+    return _fit_one(data, config, on_epoch, level)
+
+
+def _fit_one(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None, level: int) -> FitResult:
     if len(data.train_starts) == 0:
         raise ValueError("no training windows; the series are too short for lookback + horizon")
     if len(data.val_starts) == 0:
@@ -361,6 +434,8 @@ def _fit(
             total = torch.zeros((), device=device)
             batch_size = config.effective_batch_size
             for i in range(0, n_train, batch_size):
+                if _STOP.is_set():
+                    raise TrainingInterruptedError(f"training {config.cell} stopped: interrupted")
                 batch = shuffled[i : i + batch_size]  # [B]
                 x, y = gather_windows(values, batch, lookback, horizon)  # [B] -> [B, L, 1], [B, H]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -22,6 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.errors import UnusableDataError
 from models.windows import Scalers, SeriesPanel, panel_from_frame, window_starts
 from tasks.spec import RunSpec, WindowSpec
 
@@ -104,7 +105,7 @@ def split_panel(
         described = "; ".join(
             f"series {panel.series_ids[k]!r} has {lengths[k]}, needs {needed[k]}" for k in short[:5]
         ) + (f"; and {len(short) - 5} more" if len(short) > 5 else "")
-        raise ValueError(
+        raise UnusableDataError(
             f"series too short: `lookback` ({lookback}) + `horizon` ({horizon}) + validation ({val[short[0]]}) "
             f"+ test ({test[short[0]]}) observations are needed: {described}. "
             "Drop these series, shorten lookback, or use smaller test/validation parts."
@@ -236,7 +237,7 @@ def windows_from_panel(panel: SeriesPanel, config: WindowConfig) -> WindowedData
 def prepare_windows(frame: pd.DataFrame, config: WindowConfig, freq: str | None = None) -> WindowedData:
     """Windows for a validated long frame `series_id, ts, value` (sorted or not, regular, no NaN)."""
     if len(frame) == 0:
-        raise ValueError("no observations to window; ingest data first")
+        raise UnusableDataError("no observations to window; ingest data first")
     return windows_from_panel(panel_from_frame(frame, freq=freq), config)
 
 

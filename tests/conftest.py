@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from servers import create_database, database_url, drop_database, require_postgres
+
+# `seqcast` run as a subprocess here is a cold command, unless a test asks for a warm server (tests/test_warm.py):
+# a warm server would outlive the test that started it.
+os.environ["SEQCAST_WARM_IDLE"] = "0"
 
 pytest_plugins = ["forecast_setup"]  # the tiny registered model and observations of the forecast and backfill tests
 

@@ -153,7 +153,8 @@ def environments(services: dict[str, dict[str, Any]], env_example: dict[str, str
 
 
 def test_the_production_set(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"postgres", "prefect-server", "mlflow", "worker", "deploy"}
+    production = {name for name, service in services.items() if "profiles" not in service}
+    assert production == {"postgres", "prefect-server", "mlflow", "worker", "deploy"}
     for name in APP_SERVICES:
         assert services[name]["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}, name
         assert services[name]["image"] == services["worker"]["image"], f"{name} runs another image"
@@ -412,3 +413,43 @@ def test_build_context_keeps_what_the_image_copies() -> None:
                 assert source in kept, f"COPY {source}: excluded from the build context"
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     assert "**" in ignore, "the context starts empty (no .venv, .git or stores sent to the daemon)"
+
+
+# ------------------------------------------------------------------------------------------ the Ray profile
+
+RAY_SERVICES = ("ray-head", "ray-worker")
+COMPOSE_RAY_PATH = DOCKER / "compose.ray.yaml"
+
+
+def test_the_ray_profile_is_a_head_and_a_worker_of_the_workers_image(services: dict[str, dict[str, Any]]) -> None:
+    optional = {name for name, service in services.items() if "profiles" in service}
+    assert optional == set(RAY_SERVICES)
+    for name in RAY_SERVICES:
+        service = services[name]
+        assert service["profiles"] == ["ray"], name
+        assert service["build"] == services["worker"]["build"] and service["image"] == services["worker"]["image"]
+        assert service["shm_size"], f"{name}: Ray's object store needs /dev/shm"
+        assert not service.get("environment") and not commands.SERVICE_SECRETS[name], f"{name} holds settings"
+    assert services["ray-worker"]["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+
+
+def test_the_ray_nodes_run_the_tested_commands(services: dict[str, dict[str, Any]]) -> None:
+    """The command lines tests/test_ray_cluster.py starts for real, in the foreground as a container's must be."""
+    head = _match_command(commands.ray_head, services["ray-head"]["command"])
+    worker = _match_command(commands.ray_worker, services["ray-worker"]["command"])
+    assert services["ray-head"]["command"][-1] == services["ray-worker"]["command"][-1] == "--block"
+    assert worker["address"] == f"ray-head:{head['port']}"
+    health = services["ray-head"]["healthcheck"]["test"]
+    assert health[:3] == ["CMD", "ray", "health-check"] and f"127.0.0.1:{head['port']}" in health
+    assert int(_interpolate(worker["num_cpus"], {})) >= 1
+
+
+def test_the_ray_override_points_the_workers_flow_runs_at_the_head(services: dict[str, dict[str, Any]]) -> None:
+    from tasks.runners import RAY_ADDRESS_ENV
+
+    override = yaml.safe_load(COMPOSE_RAY_PATH.read_text())
+    assert set(override["services"]) == {"worker"}, "the override only points the worker at the cluster"
+    worker = override["services"]["worker"]
+    head = _match_command(commands.ray_head, services["ray-head"]["command"])
+    assert worker["environment"] == {RAY_ADDRESS_ENV: f"ray-head:{head['port']}"}
+    assert worker["depends_on"] == {"ray-head": {"condition": "service_healthy"}}

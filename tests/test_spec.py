@@ -228,6 +228,7 @@ def test_options_reach_the_train_flow_as_one_spec(monkeypatch: pytest.MonkeyPatc
         seen.update(kwargs)
         raise _Reached
 
+    fake_train_flow.with_options = lambda **options: fake_train_flow  # type: ignore[attr-defined]
     monkeypatch.setattr(flows.train, "train_flow", fake_train_flow)
     args = ["train", "--lookback", "96", "--cell", "gru", "--season", "24", "--season", "48", "--layers", "2"]
     args += ["--test-fraction", "0.25", "--epochs", "3", "--scaling", "last", "--series", "a", "--loss", "huber"]

@@ -265,6 +265,10 @@ def test_forecast_deployment_started_by_hand_writes_the_champions_forecast(
     assert set(rows["origin_ts"]) == {LAST_TS}
     assert (rows["target_ts"] > LAST_TS).all()
     assert set(rows["model_version"]) == {champion}
+    # the worker's console carries the flow's own lines, not Prefect's state line per task (the UI keeps those)
+    worker_log = prefect_worker.service.log_path.read_text(errors="replace")
+    assert "wrote " in worker_log and " rows of " in worker_log
+    assert "Finished in state Completed()" not in worker_log
 
 
 # ------------------------------------------------------------------------------------------ deploying again

@@ -1,0 +1,115 @@
+"""One candidate from start to end, as one task the train flow submits per cell: start its MLflow child run ->
+train -> calibrate intervals -> forecast the test windows -> evaluate -> plots -> log -> end the run.
+
+Everything it needs travels in its arguments (the tracking URI too), so it runs alike in a thread of the flow's
+process and in a Ray worker on another machine (tasks/runners.py). It trains on its `cpu_budget` share of the
+cores; its child run ends FINISHED, or FAILED when a step fails (the error is raised again).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import evaluate, intervals, plots, registry, runners
+from tasks.train import TrainConfig, cpu_budget, train_candidate_task
+
+if TYPE_CHECKING:
+    from tasks.windowing import WindowedData
+
+
+@dataclass(frozen=True)
+class CandidateJob:
+    """What one candidate needs besides the data: its training config, where to log, how to evaluate."""
+
+    config: TrainConfig
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    run_name: str
+    tags: dict[str, str]
+    level: float  # the intervals' coverage
+    season: int  # MASE's season
+    baseline_seasons: list[int] = field(default_factory=list)
+    cores: int | None = None  # its share of the cores; None (on Ray): what Ray gave it (`runners.worker_cores`)
+
+
+@dataclass
+class CandidateResult:
+    """A logged candidate: its run, model and test evaluation, and where and when it trained."""
+
+    cell: str
+    run_id: str
+    model_uri: str
+    evaluation: evaluate.Evaluation
+    worker: dict[str, str]  # `runners.worker_identity()`
+    started: float  # wall clock (time.time()) when the task began and ended
+    finished: float
+
+
+def run_candidate(job: CandidateJob, data: WindowedData, frame: pd.DataFrame) -> CandidateResult:
+    """Train, evaluate and log one candidate in its own MLflow child run (see the module's docstring)."""
+    import mlflow
+
+    started = time.time()
+    mlflow.set_tracking_uri(job.tracking_uri)  # a Ray worker is a fresh process
+    mlflow.set_registry_uri(job.tracking_uri)
+    worker = runners.worker_identity(on_ray=job.cores is None)
+    run_id = registry.start_run_task(job.experiment_id, job.run_name, {**job.tags, **worker}, job.parent_run_id)
+    try:
+        with cpu_budget(job.cores or runners.worker_cores()):
+            model_uri, scores = _train_and_log(job, run_id, data, frame)
+    except BaseException:
+        registry.end_run_task(run_id, failed=True)
+        raise
+    registry.end_run_task(run_id)
+    return CandidateResult(job.config.cell, run_id, model_uri, scores, worker, started, time.time())
+
+
+def _train_and_log(
+    job: CandidateJob, run_id: str, data: WindowedData, frame: pd.DataFrame
+) -> tuple[str, evaluate.Evaluation]:
+    cell = job.config.cell
+    fit = train_candidate_task(data, job.config, registry.epoch_logger(run_id))
+    calibration = intervals.calibrate_intervals_task(fit, data, job.level, job.season, job.baseline_seasons)
+    predicted = evaluate.forecast_test_windows_task(fit, data)
+    scores = evaluate.evaluate_task(
+        data,
+        predicted,
+        job.season,
+        job.baseline_seasons,
+        model_name=cell,
+        artifact_key=f"test-evaluation-{cell}",
+        calibration=calibration,
+    )
+    with tempfile.TemporaryDirectory(prefix="seqcast-plots-") as plots_dir:
+        best_baseline = scores.best_baseline()
+        figures = plots.plot_forecasts_task(
+            data.panel,
+            data.test_starts,
+            predicted,
+            data.lookback,
+            data.horizon,
+            Path(plots_dir),
+            baseline=scores.baseline_forecasts[best_baseline],
+            scores=scores.model,
+            baseline_label=best_baseline.replace("_", " "),
+            bounds=scores.bounds.get(cell),
+            level=job.level,
+        )
+        figures.append(plots.plot_mae_by_step_task(scores, Path(plots_dir)))
+        model_uri = registry.log_candidate_task(run_id, fit, scores, data, frame, figures)
+    return model_uri, scores
+
+
+@task(name="candidate", task_run_name="candidate-{job.config.cell}", cache_policy=NO_CACHE)
+def candidate_task(job: CandidateJob, data: WindowedData, frame: pd.DataFrame) -> CandidateResult:
+    """Prefect wrapper of `run_candidate`; not retried as a whole (its MLflow steps retry on their own)."""
+    return run_candidate(job, data, frame)
