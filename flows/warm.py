@@ -1,20 +1,22 @@
 """A warm process that runs `seqcast` commands, so that a command costs its own work and not Python's imports.
 
 A cold `seqcast forecast` spends about 5 s importing prefect, torch, mlflow and pandas (great_expectations adds
-3.5 s to `ingest`) and 4-8 s starting Prefect's temporary API, to write a few rows. So the first command that runs
-a flow starts a warm server (this module, `python -m flows.warm`): it imports all of that once, starts one
-temporary Prefect API (flows/prefect_server.py), and listens on a Unix socket. Each command connects and passes
-its arguments, environment and working folder, and its stdin, stdout and stderr themselves (the file descriptors,
-so terminals, progress bars, pipes and redirections behave as in a cold command). The server forks a child that
-runs the command exactly as the CLI would and reports its exit code. The child is forked before any thread
-starts, so every command is a fresh process that shares only the imports and the Prefect API with the others.
+3.5 s to `ingest`) and 4-8 s starting Prefect's temporary API, to write a few rows. So a command that finds no
+warm server runs as it always did and, as it exits, starts one in the background (this module, `python -m
+flows.warm`): it imports all of that once, starts one temporary Prefect API (flows/prefect_server.py), and
+listens on a Unix socket. Each later command connects and passes its arguments, environment and working
+folder, and its stdin, stdout and stderr themselves (the file descriptors, so terminals, progress bars, pipes and
+redirections behave as in a cold command). The server forks a child that runs the command exactly as the CLI
+would and reports its exit code. The server starts no thread, so every command is a fresh process that shares
+only the imports and the Prefect API with the others.
 
 - Ctrl-C, SIGTERM and SIGHUP on the command are passed on to its child; a command killed with SIGKILL closes its
   socket, and its child is killed with it.
 - The server exits after SEQCAST_WARM_IDLE seconds (default 600) without a command, stopping its Prefect API.
   SEQCAST_WARM_IDLE=0 turns it off: each command then imports and starts everything itself.
 - One server per interpreter, seqcast code version and Prefect/OpenMP/MLflow environment (the settings read at
-  import time), so editing the code or pointing at another Prefect starts a fresh one; the old one idles out.
+  import time; a file lock keeps a second one from starting beside it), so editing the code or pointing at
+  another Prefect starts a fresh one; the old one idles out.
 - Flows that a Prefect worker runs (deployments) never use it: it serves the `seqcast` command line only.
 
 The client side imports nothing but the standard library (`seqcast --help` stays fast).
@@ -29,6 +31,7 @@ import hashlib
 import importlib
 import io
 import json
+import logging
 import os
 import select
 import signal
@@ -44,7 +47,6 @@ from typing import Any, cast
 
 IDLE_ENV = "SEQCAST_WARM_IDLE"
 DEFAULT_IDLE = 600.0  # seconds; a working session's commands are minutes apart, a night's are hours apart
-START_TIMEOUT = 150.0  # imports plus a first Prefect start on a fresh database (20-30 s on 2 busy cores), with room
 # the commands whose cost is mostly imports and Prefect's start; the others answer fast without a server
 WARM_COMMANDS = frozenset({"ingest", "train", "forecast", "backfill", "monitor", "demo"})
 # environment read when modules are imported (and the server's own), so a server only serves commands whose values
@@ -136,12 +138,13 @@ def server_paths(env: dict[str, str] | None = None) -> tuple[Path, Path, Path]:
 
 
 def run_warm(argv: Sequence[str]) -> int | None:
-    """Run the command in a warm server's child (starting the server if none is up); its exit code, or None when
-    no server could run it (the caller then runs the command itself)."""
+    """Run the command in the warm server's child; its exit code. None when no server is up (yet): the caller runs
+    the command itself, and a server starts in the background when this process exits, for the next command."""
     try:
-        sock = _connect_or_start()
-    except (OSError, TimeoutError) as exc:
-        _debug(f"no warm server ({exc}); running the command in this process")
+        sock = _connect(server_paths()[0])
+    except OSError:
+        # the environment as it is now: the command sets PREFECT_API_URL to its own temporary server
+        atexit.register(start_warm_server, dict(os.environ))
         return None
     with sock:
         request = json.dumps({"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
@@ -153,6 +156,20 @@ def run_warm(argv: Sequence[str]) -> int | None:
         except OSError:
             return None
         return _wait_for_exit(sock)
+
+
+def start_warm_server(env: dict[str, str]) -> None:
+    """Start the warm server for environment `env` in the background (it exits at once if one is up)."""
+    path = server_paths(env)[0]
+    process = subprocess.Popen(  # noqa: S603 - this interpreter, this module, fixed arguments
+        [sys.executable, "-m", __name__, str(path), str(warm_idle())],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not in the terminal's process group: Ctrl-C is the commands' only
+    )
+    process.returncode = 0  # it outlives this process by design: no "still running" warning at exit
 
 
 def _wait_for_exit(sock: socket.socket) -> int:
@@ -180,37 +197,6 @@ def _wait_for_exit(sock: socket.socket) -> int:
         return 128 + forwarded[-1]
     print("error: the command's process ended without an exit code (killed?)", file=sys.stderr)
     return 1
-
-
-def _connect_or_start() -> socket.socket:
-    path, lock_path, log_path = server_paths()
-    with contextlib.suppress(OSError):
-        return _connect(path)
-    with open(lock_path, "a") as lock:  # one command starts the server; the others wait for it
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with contextlib.suppress(OSError):
-            return _connect(path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a server that was killed leaves its socket file
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(  # noqa: S603 - this interpreter, this module, fixed arguments
-                [sys.executable, "-m", __name__, str(path), str(warm_idle())],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # not in the terminal's process group: Ctrl-C is the command's only
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise OSError(f"the warm server exited with code {process.returncode}; see {log_path}")
-            with contextlib.suppress(OSError):
-                sock = _connect(path)
-                process.returncode = 0  # it lives on by design: no "still running" warning at exit
-                return sock
-            time.sleep(0.05)
-        process.kill()
-        raise TimeoutError(f"the warm server did not start within {START_TIMEOUT:g} s; see {log_path}")
 
 
 def _connect(path: Path) -> socket.socket:
@@ -259,6 +245,14 @@ def serve(path: Path, idle: float) -> None:
     `idle` seconds pass without one (or a stop request comes)."""
     from flows import prefect_server
 
+    lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - held for the server's life, closed with it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another server for this environment is starting or serving
+    with open(path.with_suffix(".log"), "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
     server_pid = os.getpid()
     prefect = prefect_server.start_server_for_settings()
     try:
@@ -266,7 +260,7 @@ def serve(path: Path, idle: float) -> None:
         with _listening(path, server_pid) as listener:
             api = prefect.api_url if prefect else "from the settings"
             _log(f"serving on {path} (pid {server_pid}, Prefect API {api})")
-            _accept_commands(listener, idle)
+            _accept_commands(listener, idle, lock.fileno())
     finally:
         if os.getpid() == server_pid:  # a command's child leaves through here too (sys.exit), touching nothing
             if prefect is not None:
@@ -298,7 +292,7 @@ def _listening(path: Path, server_pid: int) -> Iterator[socket.socket]:
                 path.unlink()
 
 
-def _accept_commands(listener: socket.socket, idle: float) -> None:
+def _accept_commands(listener: socket.socket, idle: float, lock_fd: int) -> None:
     children: set[int] = set()
     last = time.monotonic()
     while True:
@@ -325,6 +319,7 @@ def _accept_commands(listener: socket.socket, idle: float) -> None:
         pid = os.fork()
         if pid == 0:
             listener.close()
+            os.close(lock_fd)  # a command outliving the server must not keep the next one from starting
             _run_child(conn, request, fds)  # never returns
         children.add(pid)
         _log(f"command {pid}: {' '.join(request['argv'])}")
@@ -366,11 +361,15 @@ def _run_child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> 
 
     def report() -> None:  # registered first, so it runs last: after Prefect has sent its logs and events
         finished.set()
+        logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
         with contextlib.suppress(OSError):
             conn.sendall(EXIT + struct.pack("!i", code))
+        # and end here: tearing down the interpreter's inherited objects takes seconds, and this process holds the
+        # command's stdout and stderr until it is gone (a pipe would stay open that long)
+        os._exit(code)
 
     try:
         for target, fd in enumerate(fds):

@@ -109,7 +109,7 @@ def _train_and_log(
     return model_uri, scores
 
 
-@task(name="candidate", task_run_name="candidate-{job.config.cell}", cache_policy=NO_CACHE)
+@task(name="make-candidate", task_run_name="make-candidate-{job.config.cell}", cache_policy=NO_CACHE)
 def candidate_task(job: CandidateJob, data: WindowedData, frame: pd.DataFrame) -> CandidateResult:
     """Prefect wrapper of `run_candidate`; not retried as a whole (its MLflow steps retry on their own)."""
     return run_candidate(job, data, frame)

@@ -81,6 +81,7 @@ def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    env["SEQCAST_WARM_IDLE"] = "0"  # a cold command (tests/conftest.py says why)
     return env
 
 

@@ -39,6 +39,7 @@ def _seqcast() -> list[str]:
 def _env(home: Path, prefect_home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEQCAST_", "MLFLOW_", "PREFECT_"))}
     env.update({"SEQCAST_HOME": str(home), "PREFECT_HOME": str(prefect_home), "COLUMNS": "80", **extra})
+    env.setdefault("SEQCAST_WARM_IDLE", "0")  # a cold command (tests/conftest.py says why)
     return env
 
 

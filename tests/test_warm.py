@@ -64,6 +64,13 @@ class Warm:
             [*_seqcast(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
         )
 
+    def start(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a command with no server up (it runs cold and starts one as it exits); wait until the server serves."""
+        assert not server_paths(self.env)[0].exists(), "a warm server is up already"
+        done = self.run(*args)
+        _wait_until(lambda: server_paths(self.env)[0].exists(), 240, "the warm server to serve")
+        return done
+
     def server_pids(self) -> list[int]:
         return [int(p) for p in re.findall(r"serving on \S+ \(pid (\d+)", self.log.read_text())]
 
@@ -90,7 +97,12 @@ def warm(tmp_path_factory: pytest.TempPathFactory, mlflow_store: str, model: Reg
     for name in ("PREFECT_API_URL", "PREFECT_UI_URL", "SEQCAST_DEBUG"):
         env.pop(name, None)
     stop_warm_server(env)  # one left by an earlier, interrupted run
-    yield Warm(env)
+    _wait_until(lambda: not server_paths(env)[0].exists(), 30, "an earlier warm server to stop")
+    warm = Warm(env)
+    first = warm.start("forecast")
+    assert first.returncode == 0, first.stderr
+    assert not warm.command_pids()  # the first command ran cold, in its own process
+    yield warm
     stop_warm_server(env)
 
 
@@ -148,7 +160,7 @@ def test_an_idle_server_exits_and_removes_its_socket(tmp_path: Path) -> None:
     }
     env.pop("SEQCAST_DATABASE_URL", None)
     quick = Warm(env)
-    done = quick.run("ingest", "--source", "sample:electricity")
+    done = quick.start("ingest", "--source", "sample:electricity")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ingested sample:electricity"), done.stdout
     (server,) = quick.server_pids()

@@ -36,6 +36,7 @@ def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
     env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    env["SEQCAST_WARM_IDLE"] = "0"  # a cold command (tests/conftest.py says why)
     env["HOME"] = str(home)
     env["SEQCAST_HOME"] = str(home / "seqcast")
     env.update(extra or {})

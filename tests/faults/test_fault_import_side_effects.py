@@ -64,7 +64,7 @@ def test_importing_every_module_opens_no_socket_and_creates_no_folder(tmp_path: 
     env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
     for name in ("CI", "DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "PYTEST_VERSION"):  # each turns telemetry off
         env.pop(name, None)
-    env.update({"HOME": str(home), "PYTHONPATH": str(ROOT)})
+    env.update({"HOME": str(home), "PYTHONPATH": str(ROOT), "SEQCAST_WARM_IDLE": "0"})
     controller, terminal = pty.openpty()
     chunks: list[bytes] = []
     reader = threading.Thread(target=_read_all, args=(controller, chunks), daemon=True)
