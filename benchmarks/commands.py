@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flows.cli import COMMAND_ENV_DEFAULTS
+from flows.warm import server_paths, stop_warm_server
+
 TARGETS = {"--help": 0.5, "ingest": 3.0, "forecast": 4.0, "train overhead": 5.0}
 TRAIN_ARGS = ["train", "--epochs", "3", "--lookback", "48", "--horizon", "24", "--hidden-size", "16"]
 LOG_TIME = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \|", re.M)
@@ -94,6 +97,7 @@ def measure(mode: str, runs: int, folder: Path) -> dict[str, list[float]]:
     csv = home / "load.csv"
     write_csv(csv)
     env = {
+        **COMMAND_ENV_DEFAULTS,  # what every command sets: part of the warm server's key (flows/warm.py)
         **os.environ,
         "SEQCAST_HOME": str(home / ".seqcast"),
         "PREFECT_HOME": str(home / "prefect"),
@@ -105,10 +109,10 @@ def measure(mode: str, runs: int, folder: Path) -> dict[str, list[float]]:
     first, _ = timed(["ingest", "--source", str(csv)], env, home)  # creates the stores (and starts a warm server)
     times["first command"].append(first)
     if mode == "warm":
-        from flows.warm import server_paths
-
         deadline = time.monotonic() + 300
-        while not server_paths(env)[0].exists() and time.monotonic() < deadline:
+        while not server_paths(env)[0].exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no warm server after 300 s; see {server_paths(env)[2]}")
             time.sleep(0.2)
     timed([*TRAIN_ARGS, "--register-rejected"], env, home)  # a champion to forecast with, and Prefect's database
     for _ in range(runs):
@@ -118,8 +122,6 @@ def measure(mode: str, runs: int, folder: Path) -> dict[str, list[float]]:
         wall, output = timed(TRAIN_ARGS, env, home)
         times["train overhead"].append(wall - training_span(output))
     if mode == "warm":
-        from flows.warm import stop_warm_server
-
         stop_warm_server(env)
     return times
 

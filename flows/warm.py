@@ -14,9 +14,9 @@ only the imports and the Prefect API with the others.
   socket, and its child is killed with it.
 - The server exits after SEQCAST_WARM_IDLE seconds (default 600) without a command, stopping its Prefect API.
   SEQCAST_WARM_IDLE=0 turns it off: each command then imports and starts everything itself.
-- One server per interpreter, seqcast code version and Prefect/OpenMP/MLflow environment (the settings read at
-  import time; a file lock keeps a second one from starting beside it), so editing the code or pointing at
-  another Prefect starts a fresh one; the old one idles out.
+- One server per Python environment (venv), seqcast code version and Prefect/OpenMP/MLflow variables (the
+  settings read at import time; a file lock keeps a second one from starting beside it), so editing the code or
+  pointing at another Prefect starts a fresh one; the old one idles out.
 - Flows that a Prefect worker runs (deployments) never use it: it serves the `seqcast` command line only.
 
 The client side imports nothing but the standard library (`seqcast --help` stays fast).
@@ -125,7 +125,7 @@ def server_paths(env: dict[str, str] | None = None) -> tuple[Path, Path, Path]:
         for p in sorted((code / d).glob("*.py"))
     ]
     pinned = sorted((k, v) for k, v in env.items() if k.startswith(SERVER_ENV_PREFIXES))
-    key = hashlib.sha256(json.dumps([sys.executable, str(code), stamp, pinned]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([sys.prefix, sys.version, str(code), stamp, pinned]).encode()).hexdigest()[:16]
     folder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"seqcast-{os.getuid()}"  # noqa: S108 - 0700, owned
     folder.mkdir(mode=0o700, exist_ok=True)
     if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
