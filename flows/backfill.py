@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from prefect import flow
 
+from flows.console import quiet_worker_console
 from tasks.forecast import (
     BackfillSummary,
     Skipped,
@@ -33,7 +34,7 @@ from tasks.store import read_observations_task
 __all__ = ["BackfillSummary", "Skipped", "backfill_flow"]
 
 
-@flow(name="seqcast-backfill", log_prints=True)
+@flow(name="seqcast-backfill", log_prints=True, on_running=[quiet_worker_console])
 def backfill_flow(
     start: dt.datetime,
     end: dt.datetime,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -101,12 +102,13 @@ def quiet_expected_errors() -> None:
             logger.addFilter(ExpectedErrors())
 
 
-def quiet_worker_console() -> None:
-    """In a flow run's process started by a Prefect worker: the console filters of a command."""
-    import prefect.main  # noqa: F401 - sets up Prefect's logging now (the engine would, later), so there are handlers
-
-    quiet_expected_errors()
-    quiet_console(temporary_api=False)
+def quiet_worker_console(flow: Any, flow_run: Any, state: Any) -> None:
+    """An `on_running` hook of the deployed flows: in a flow run a Prefect worker started (PREFECT__FLOW_RUN_ID is
+    set; its console is the worker's log), the console filters of a command; the Prefect UI keeps every line.
+    Commands set their own console up (`flow_console`); SEQCAST_DEBUG=1 keeps everything."""
+    if os.environ.get("PREFECT__FLOW_RUN_ID") and not os.environ.get("SEQCAST_DEBUG"):
+        quiet_expected_errors()
+        quiet_console(temporary_api=False)
 
 
 def _console_handlers() -> list[logging.Handler]:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from prefect import flow
 
+from flows.console import quiet_worker_console
 from tasks.forecast import (
     ForecastSummary,
     Skipped,
@@ -29,7 +30,7 @@ from tasks.store import read_observations_task
 __all__ = ["ForecastSummary", "Skipped", "forecast_flow"]
 
 
-@flow(name="seqcast-forecast", log_prints=True)
+@flow(name="seqcast-forecast", log_prints=True, on_running=[quiet_worker_console])
 def forecast_flow(
     model_alias: str = "champion",
     model_version: str | None = "",

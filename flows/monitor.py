@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from prefect import flow
 
+from flows.console import quiet_worker_console
 from tasks.forecast import requested_series
 from tasks.monitor import (
     MonitorConfig,
@@ -34,7 +35,7 @@ from tasks.settings import get_settings
 __all__ = ["MonitorConfig", "MonitorSummary", "monitor_flow"]
 
 
-@flow(name="seqcast-monitor", log_prints=True)
+@flow(name="seqcast-monitor", log_prints=True, on_running=[quiet_worker_console])
 def monitor_flow(
     config: MonitorConfig = MonitorConfig(),  # noqa: B008 - frozen, so one shared default is safe; a form in the UI
     model_version: str | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
 
+from flows.console import quiet_worker_console
 from models.frequency import season_length
 from tasks import gate, registry, runners
 from tasks.candidate import CandidateJob, candidate_task
@@ -96,6 +97,7 @@ def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
     name="seqcast-train",
     log_prints=True,
     task_runner=runners.task_runner_for(),  # the environment's default; callers pass the spec's (with_options)
+    on_running=[quiet_worker_console],
     on_failure=[close_failed_runs],
     on_crashed=[close_failed_runs],
 )
