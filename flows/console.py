@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tasks.progress import Event
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+ENGINE_LOGGER = "prefect.engine"  # where Prefect logs that a flow's state hooks run
 # Prefect's engine lines (INFO) that only say a run changed state, as their messages start.
 STATE_LINES = (
     "Beginning flow run",
@@ -67,6 +68,8 @@ class ConsoleNoise(logging.Filter):
         self.temporary_api = temporary_api
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == ENGINE_LOGGER and record.levelno == logging.INFO:
+            return not record.getMessage().startswith(STATE_LINES)
         if record.name not in RUN_LOGGERS:
             # Prefect's event and log workers warn once at exit while they send their last items
             return not (record.name.endswith("Worker") and record.getMessage().startswith("Still processing items"))
