@@ -238,8 +238,6 @@ def _isatty(stream: Any) -> bool:
 def flow_console(temporary_api: bool) -> Iterator[None]:
     """The console of a command while its flow runs in this process: Prefect's noise dropped (unless
     SEQCAST_DEBUG is set), progress bars on a terminal, and Ctrl-C stopping training in every thread."""
-    import os
-
     from tasks import progress
     from tasks.train import stop_training_on_interrupt
 

@@ -231,11 +231,6 @@ def stop_warm_server(env: dict[str, str] | None = None) -> bool:
     return True
 
 
-def _debug(message: str) -> None:
-    if os.environ.get("SEQCAST_DEBUG"):
-        print(f"seqcast: {message}", file=sys.stderr)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the server's side
 
