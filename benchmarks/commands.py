@@ -24,7 +24,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,17 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flows.cli import COMMAND_ENV_DEFAULTS
-from flows.warm import server_paths, stop_warm_server
+from flows.warm import command_argv, server_paths, stop_warm_server
 
 TARGETS = {"--help": 0.5, "ingest": 3.0, "forecast": 4.0, "train overhead": 5.0}
 TRAIN_ARGS = ["train", "--epochs", "3", "--lookback", "48", "--horizon", "24", "--hidden-size", "16"]
 LOG_TIME = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \|", re.M)
-
-
-def seqcast() -> list[str]:
-    script = Path(sys.executable).with_name("seqcast")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
 def write_csv(path: Path, rows: int = 10_000) -> None:
@@ -66,7 +59,7 @@ def write_csv(path: Path, rows: int = 10_000) -> None:
 def timed(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
     """Wall seconds of one command, and its output; fails loudly if the command does."""
     start = time.perf_counter()
-    done = subprocess.run([*seqcast(), *args], capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    done = subprocess.run([*command_argv(), *args], capture_output=True, text=True, env=env, cwd=cwd, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"seqcast {' '.join(args)} exited {done.returncode}:\n{done.stderr[-2000:]}")
@@ -97,7 +90,6 @@ def measure(mode: str, runs: int, folder: Path) -> dict[str, list[float]]:
     csv = home / "load.csv"
     write_csv(csv)
     env = {
-        **COMMAND_ENV_DEFAULTS,  # what every command sets: part of the warm server's key (flows/warm.py)
         **os.environ,
         "SEQCAST_HOME": str(home / ".seqcast"),
         "PREFECT_HOME": str(home / "prefect"),

@@ -24,7 +24,7 @@ import click
 from click.core import ParameterSource
 
 from flows.prefect_server import start_temporary_prefect_api
-from flows.warm import run_warm, runs_warm
+from flows.warm import COMMAND_ENV_DEFAULTS, run_warm, runs_warm
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -32,15 +32,6 @@ if TYPE_CHECKING:
 
     from tasks.spec import RunSpec
 
-# Environment every command sets unless given (before torch and mlflow are imported, which read them):
-COMMAND_ENV_DEFAULTS = {
-    # Prefect's temporary local server would otherwise try to send usage analytics on every command.
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    # OpenMP threads that spin while waiting cut RNN training 3-10x when the cores are shared (docs/benchmarks.md).
-    "OMP_WAIT_POLICY": "PASSIVE",
-    # MLflow's INFO lines (creating its tables, validating the input example) say nothing a user acts on.
-    "MLFLOW_LOGGING_LEVEL": "WARNING",
-}
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 

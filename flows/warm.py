@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -49,6 +49,15 @@ IDLE_ENV = "SEQCAST_WARM_IDLE"
 DEFAULT_IDLE = 600.0  # seconds; a working session's commands are minutes apart, a night's are hours apart
 # the commands whose cost is mostly imports and Prefect's start; the others answer fast without a server
 WARM_COMMANDS = frozenset({"ingest", "train", "forecast", "backfill", "monitor", "demo"})
+# Environment every command sets unless given (before torch and mlflow are imported, which read them):
+COMMAND_ENV_DEFAULTS = {
+    # Prefect's temporary local server would otherwise try to send usage analytics on every command.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # OpenMP threads that spin while waiting cut RNN training 3-10x when the cores are shared (docs/benchmarks.md).
+    "OMP_WAIT_POLICY": "PASSIVE",
+    # MLflow's INFO lines (creating its tables, validating the input example) say nothing a user acts on.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+}
 # environment read when modules are imported (and the server's own), so a server only serves commands whose values
 # match its own
 SERVER_ENV_PREFIXES = ("PREFECT_", "OMP_", "MKL_", "MLFLOW_LOGGING", "PYTHON", "SEQCAST_WARM_")
@@ -115,9 +124,15 @@ def runs_warm(argv: Sequence[str]) -> bool:
     return command in WARM_COMMANDS and not asks_help and warm_idle() > 0 and sys.platform.startswith("linux")
 
 
-def server_paths(env: dict[str, str] | None = None) -> tuple[Path, Path, Path]:
+def command_argv() -> list[str]:
+    """The `seqcast` command of this interpreter's environment: its console script, else `python -m flows.cli`."""
+    script = Path(sys.executable).with_name("seqcast")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+
+
+def server_paths(env: Mapping[str, str] | None = None) -> tuple[Path, Path, Path]:
     """(socket, lock, log) of the warm server for this interpreter, code and import-time environment."""
-    env = dict(os.environ if env is None else env)
+    env = {**COMMAND_ENV_DEFAULTS, **(os.environ if env is None else env)}  # as `flows.cli.main` sets them
     code = Path(__file__).resolve().parent.parent
     stamp = [
         f"{p}:{p.stat().st_mtime_ns}:{p.stat().st_size}"

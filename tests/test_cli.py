@@ -11,14 +11,10 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
+from flows.warm import command_argv
 from tasks import store
 
 COMMANDS = ("ingest", "train", "demo", "forecast", "backfill", "monitor", "deploy")
-
-
-def _seqcast() -> list[str]:
-    script = Path(sys.executable).with_name("seqcast")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
 def _run(args: list[str], env_home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -26,7 +22,7 @@ def _run(args: list[str], env_home: Path, timeout: float = 120) -> subprocess.Co
     env.pop("SEQCAST_DATABASE_URL", None)
     env.pop("SEQCAST_DEBUG", None)
     return subprocess.run(
-        [*_seqcast(), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=env_home.parent
+        [*command_argv(), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=env_home.parent
     )
 
 
@@ -243,7 +239,9 @@ def test_unreachable_database_is_one_message_without_the_password(
 
 def test_deploy_without_a_prefect_server_is_one_clear_error() -> None:
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:1/api"}
-    done = subprocess.run([*_seqcast(), "deploy"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [*command_argv(), "deploy"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot reach the Prefect API at http://127.0.0.1:1/api")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -23,17 +23,13 @@ import pandas as pd
 import pytest
 
 from flows.cli import cli, main
+from flows.warm import command_argv
 from tasks import progress
 
 DEAD_PREFECT = "http://127.0.0.1:1/api"  # nothing listens: a command that reaches Prefect fails on it
 # The options of a tiny training run on the electricity sample: seconds of training, every stage run for real.
 TINY_TRAIN = ["--lookback", "48", "--horizon", "12", "--hidden-size", "8", "--layers", "1", "--epochs", "2"]
 TINY_TRAIN += ["--batch-size", "256", "--cell", "lstm"]
-
-
-def _seqcast() -> list[str]:
-    script = Path(sys.executable).with_name("seqcast")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
 def _env(home: Path, prefect_home: Path, **extra: str) -> dict[str, str]:
@@ -45,7 +41,7 @@ def _env(home: Path, prefect_home: Path, **extra: str) -> dict[str, str]:
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 280) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*_seqcast(), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=env["SEQCAST_HOME"]
+        [*command_argv(), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=env["SEQCAST_HOME"]
     )
 
 
@@ -55,7 +51,7 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("prefect-home")
 
 
-def _ingest(home: Path, source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def _ingest(home: Path, source: str, monkeypatch: pytest.MonkeyPatch, *options: str) -> None:
     from tasks.settings import get_settings
     from tasks.store import dispose_engines
 
@@ -63,7 +59,7 @@ def _ingest(home: Path, source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SEQCAST_DATABASE_URL", raising=False)
     get_settings.cache_clear()
     try:
-        assert main(["ingest", "--source", source]) == 0
+        assert main(["ingest", "--source", source, *options]) == 0
     finally:
         dispose_engines()
         get_settings.cache_clear()
@@ -118,6 +114,30 @@ def test_a_series_too_short_for_the_window_is_one_message(
     _ingest(home, str(short), monkeypatch)
     done = _run(["train"], _env(home, prefect_home))
     _assert_one_message(done, "series too short for the window (h data): series 'short' has 100 observations")
+
+
+@pytest.mark.integration
+def test_series_of_different_frequencies_are_one_message(
+    tmp_path: Path, prefect_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hourly and a daily series in one store cannot share windows: one error line naming both frequencies."""
+    home = tmp_path / "home"
+    mixed = tmp_path / "mixed.csv"
+    n = 400
+    parts = [
+        pd.DataFrame({"series_id": sid, "ts": pd.date_range("2024-01-01", periods=n, freq=freq), "value": np.arange(n)})
+        for sid, freq in (("hourly", "h"), ("daily", "D"))
+    ]
+    pd.concat(parts).to_csv(mixed, index=False)
+    _ingest(home, str(mixed), monkeypatch, "--series-col", "series_id")
+    done = _run(["train", "--lookback", "24", "--horizon", "6"], _env(home, prefect_home))
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in output, output
+    # found when windowing, after validation's own progress line: the error is the last line, and the only one
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert errors == [done.stderr.strip().splitlines()[-1]], output
+    assert "series have different frequencies" in errors[0] and "'hourly': 'h'" in errors[0], output
+    assert "'daily': '24h'" in errors[0]
 
 
 # --- a training run on a non-terminal: the flow's own lines only ----------------------------------------------

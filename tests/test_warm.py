@@ -16,16 +16,10 @@ from pathlib import Path
 import pytest
 from forecast_setup import Registered, synthetic_frame
 
-from flows.cli import COMMAND_ENV_DEFAULTS
-from flows.warm import runs_warm, server_paths, stop_warm_server
+from flows.warm import command_argv, runs_warm, server_paths, stop_warm_server
 from tasks import store
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the warm server is Linux only")
-
-
-def _seqcast() -> list[str]:
-    script = Path(sys.executable).with_name("seqcast")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
 def _alive(pid: int) -> bool:
@@ -56,12 +50,12 @@ class Warm:
 
     def run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*_seqcast(), *args], capture_output=True, text=True, env=self.env, timeout=timeout, check=False
+            [*command_argv(), *args], capture_output=True, text=True, env=self.env, timeout=timeout, check=False
         )
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [*_seqcast(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+            [*command_argv(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
         )
 
     def start(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -86,7 +80,6 @@ def warm(tmp_path_factory: pytest.TempPathFactory, mlflow_store: str, model: Reg
     db_url = f"sqlite:///{home / 'seqcast.db'}"
     store.upsert_observations(store.get_engine(db_url), synthetic_frame())
     env = {
-        **COMMAND_ENV_DEFAULTS,
         **os.environ,
         "SEQCAST_HOME": str(home),
         "SEQCAST_DATABASE_URL": db_url,
@@ -152,7 +145,6 @@ def test_ctrl_c_reaches_the_command_and_a_killed_command_takes_its_child(
 
 def test_an_idle_server_exits_and_removes_its_socket(tmp_path: Path) -> None:
     env = {
-        **COMMAND_ENV_DEFAULTS,
         **os.environ,
         "SEQCAST_HOME": str(tmp_path / "home"),
         "SEQCAST_WARM_IDLE": "2",

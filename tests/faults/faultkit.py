@@ -19,12 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 OWN_PREFIXES = ("PREFECT_", "MLFLOW_", "SEQCAST_")  # the developer's own settings, which would point elsewhere
 
 
-def seqcast_argv() -> list[str]:
-    """The installed `seqcast` console script of this interpreter's environment (or `python -m flows.cli`)."""
-    script = Path(sys.executable).with_name("seqcast")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
-
-
 def python_seqcast_argv(patch: str) -> list[str]:
     """`seqcast` run as `python -c`, with `patch` (Python statements) executed first: e.g. a smaller backfill chunk."""
     code = f"import sys\n{patch}\nfrom flows.cli import main\nsys.exit(main(sys.argv[1:]))"

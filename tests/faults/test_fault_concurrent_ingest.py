@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from faultkit import Command, clean_env, seqcast_argv
+from faultkit import Command, clean_env
 from sqlalchemy import create_engine, select, text
 
+from flows.warm import command_argv
 from tasks import store
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -46,7 +47,7 @@ def _ingest_together(
 ) -> list[tuple[int, int, int]]:
     """`writers` ingests of `path` started at once; (new, updated, unchanged) of each, in start order."""
     env = clean_env(home)
-    argv = [*seqcast_argv(), "ingest", "--source", str(path), "--series-col", "series_id", "--database-url", url]
+    argv = [*command_argv(), "ingest", "--source", str(path), "--series-col", "series_id", "--database-url", url]
     commands = [start_command(argv, env, name=f"ingest-{i}") for i in range(writers)]
     counts = []
     for command in commands:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from faultkit import Command, child_pids, clean_env, command_line, is_running, kill_if_running, seqcast_argv, wait_until
+from faultkit import Command, child_pids, clean_env, command_line, is_running, kill_if_running, wait_until
 from forecast_setup import Registered, synthetic_frame
 
+from flows.warm import command_argv
 from tasks import store
 
 pytestmark = [
@@ -58,7 +59,7 @@ def test_sigkill_of_a_forecast_takes_its_prefect_server_down_with_it(
     store.dispose_engines()
     settings = {"SEQCAST_DATABASE_URL": url, "SEQCAST_MLFLOW_TRACKING_URI": mlflow_store}
     env = clean_env(tmp_path / "home", {**settings, "SEQCAST_REGISTERED_MODEL": model.name})
-    command = start_command([*seqcast_argv(), "forecast"], env, name="forecast")
+    command = start_command([*command_argv(), "forecast"], env, name="forecast")
     found: list[tuple[int, int]] = []
 
     def server_up() -> bool:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from faultkit import Command, clean_env, seqcast_argv, wait_until
+from faultkit import Command, clean_env, wait_until
 from forecast_setup import KEY, Registered, at, synthetic_frame
 from sqlalchemy import create_engine, select, text, tuple_
 from sqlalchemy.engine import make_url
 
+from flows.warm import command_argv
 from tasks import store
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.integration]
@@ -67,7 +68,7 @@ def test_sigkill_in_the_middle_of_the_write_leaves_the_table_as_before(
             "PREFECT_API_URL": prefect_api,
         },
     )
-    argv = [*seqcast_argv(), "forecast", "--as-of", at(200).isoformat()]
+    argv = [*command_argv(), "forecast", "--as-of", at(200).isoformat()]
     first = start_command(argv, env, name="first")
     assert first.wait(TIMEOUT) == 0, first.output()[-3000:]
     before = _table(url)
