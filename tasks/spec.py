@@ -142,6 +142,14 @@ class TrainingSpec(_Part):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where to train. auto: CUDA when this machine has it, else CPU."
     )
+    max_windows_per_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Training windows per epoch, drawn afresh each epoch from all of them (seeded), and the size "
+        "of the fixed sample of validation windows that early stopping watches: a nightly budget that does not "
+        "grow with the number of series. Default: every window, every epoch.",
+    )
 
 
 class EvaluationSpec(_Part):
@@ -359,6 +367,7 @@ class RunSpec(BaseModel):
             loss=t.loss,
             seed=t.seed,
             device=t.device,
+            max_windows_per_epoch=t.max_windows_per_epoch,
         )
 
     def mlflow_params(self) -> dict[str, Any]:
@@ -375,6 +384,8 @@ class RunSpec(BaseModel):
         params["model.head"] = next(iter(configs.values())).resolved_head(w.lookback, w.horizon)
         if spec.data.max_gap_steps is None:
             params["data.max_gap_steps"] = 0
+        if spec.training.max_windows_per_epoch is None:  # no budget: every window, every epoch
+            params["training.max_windows_per_epoch"] = "all"
         if spec.execution.ray_address is None:  # where the run trained, when it was a Ray cluster
             del params["execution.ray_address"]
         return params

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from prefect import task
 from sqlalchemy import (
     Boolean,
@@ -40,6 +41,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
@@ -61,6 +63,8 @@ LEGACY_SCHEMA_VERSION = 1
 MIGRATION_LOCK_KEY = 0x5E9CA5_7AB1E5  # PostgreSQL advisory lock: one process migrates, the others wait and re-check
 MIGRATION_LOCK_TIMEOUT = "60s"  # PostgreSQL: how long a migration waits for a lock before failing (bounded, not stuck)
 DEFAULT_METHOD = "network"  # forecasts.method of rows that do not say (the column's server default)
+WRITE_BATCH_ROWS = 5000  # rows per executemany of an upsert; their Python rows are built one batch at a time
+READ_CHUNK_ROWS = 200_000  # rows fetched and converted to columns at a time by `read_observations`
 
 T = TypeVar("T")
 
@@ -510,7 +514,7 @@ def _insert(conn: Connection, table: Table) -> Any:
     raise NotImplementedError(f"seqcast supports SQLite and PostgreSQL, not {conn.dialect.name}")
 
 
-def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], batch_size: int = 5000) -> None:
+def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], batch_size: int = WRITE_BATCH_ROWS) -> None:
     """INSERT ... ON CONFLICT DO UPDATE in batches; rows must not repeat a key."""
     if not rows:
         return
@@ -596,7 +600,8 @@ def upsert_observations(engine: Engine, frame: pd.DataFrame) -> WriteSummary:
             is_new = merged["value_old"].isna().to_numpy()
             is_changed = ~is_new & (merged["value"].to_numpy() != merged["value_old"].to_numpy())
             to_write = merged.loc[is_new | is_changed, OBSERVATION_COLUMNS]
-            _upsert(conn, observations, _observation_rows(to_write, now))
+            for start in range(0, len(to_write), WRITE_BATCH_ROWS):  # Python rows for one batch at a time
+                _upsert(conn, observations, _observation_rows(to_write.iloc[start : start + WRITE_BATCH_ROWS], now))
         return _summarise(frame, is_new, is_changed)
 
     return run_in_transaction(engine, work)
@@ -612,7 +617,7 @@ def _observation_rows(frame: pd.DataFrame, updated_at: dt.datetime) -> list[dict
 
 
 def _upsert_changed_observations(
-    conn: Connection, frame: pd.DataFrame, updated_at: dt.datetime, batch_size: int = 5000
+    conn: Connection, frame: pd.DataFrame, updated_at: dt.datetime, batch_size: int = WRITE_BATCH_ROWS
 ) -> pd.DataFrame:
     """PostgreSQL: insert new rows and replace changed values in batches; the keys written, `inserted` True for a new
     row, False for a changed one (unchanged rows are neither rewritten nor returned).
@@ -633,34 +638,49 @@ def _upsert_changed_observations(
         observations.c.ts,
         literal_column("(xmax = 0)", Boolean).label("inserted"),  # xmax: no deleting/locking transaction yet
     )
-    written: list[Any] = []
+    ids: list[Any] = []
+    times: list[np.ndarray] = []
+    inserted: list[np.ndarray] = []
     for start in range(0, len(frame), batch_size):
         rows = _observation_rows(frame.iloc[start : start + batch_size], updated_at)
-        written += conn.execute(stmt, rows).all()
-    out = pd.DataFrame(written, columns=["series_id", "ts", "inserted"])
-    out["ts"] = pd.to_datetime(out["ts"], utc=True).astype(frame["ts"].dtype)
-    out["series_id"] = out["series_id"].astype(object)
+        returned = conn.execute(stmt, rows).all()
+        if returned:  # columns per batch: the keys written are never held as Python rows all at once
+            batch_ids, batch_ts, batch_inserted = zip(*returned, strict=True)
+            ids += batch_ids
+            times.append(pd.to_datetime(list(batch_ts), utc=True).as_unit("us").asi8)
+            inserted.append(np.asarray(batch_inserted, dtype=bool))
+    out = pd.DataFrame(
+        {
+            "series_id": pd.Series(ids, dtype=object),
+            "ts": pd.DatetimeIndex(np.concatenate(times or [np.zeros(0, np.int64)]).view("M8[us]")).tz_localize("UTC"),
+            "inserted": np.concatenate(inserted or [np.zeros(0, bool)]),
+        }
+    )
+    out["ts"] = out["ts"].astype(frame["ts"].dtype)
     return out
 
 
 def _summarise(frame: pd.DataFrame, is_new: np.ndarray, is_changed: np.ndarray) -> WriteSummary:
     """Per series: rows new, updated and unchanged, and the time span the batch covered."""
     marks = frame.assign(_new=is_new, _changed=is_changed)
-    summary = WriteSummary()
-    for series_id, part in marks.groupby("series_id", sort=True):
-        new = int(part["_new"].sum())
-        updated = int(part["_changed"].sum())
-        summary.series.append(
-            SeriesWriteSummary(
-                series_id=str(series_id),
-                new=new,
-                updated=updated,
-                unchanged=len(part) - new - updated,
-                start=part["ts"].min(),
-                end=part["ts"].max(),
+    per_series = marks.groupby("series_id", sort=True).agg(
+        new=("_new", "sum"), updated=("_changed", "sum"), rows=("ts", "size"), start=("ts", "min"), end=("ts", "max")
+    )
+    unchanged = per_series["rows"] - per_series["new"] - per_series["updated"]
+    return WriteSummary(
+        [
+            SeriesWriteSummary(str(series_id), int(new), int(updated), int(same), start, end)
+            for series_id, new, updated, same, start, end in zip(
+                per_series.index,
+                per_series["new"],
+                per_series["updated"],
+                unchanged,
+                per_series["start"],
+                per_series["end"],
+                strict=True,
             )
-        )
-    return summary
+        ]
+    )
 
 
 def _read_existing(conn: Connection, frame: pd.DataFrame, series_per_query: int = 500) -> pd.DataFrame:
@@ -711,7 +731,7 @@ def read_observations(
     window builder takes a frame in without re-sorting it.
     """
     series_order = observations.c.series_id.collate("C") if engine.dialect.name == "postgresql" else None
-    query = select(observations.c.series_id, observations.c.ts, observations.c.value)
+    query = select(observations.c.series_id, _raw_timestamps(engine), observations.c.value)
     if series_ids is not None:
         query = query.where(observations.c.series_id.in_(list(series_ids)))
     if start is not None:
@@ -719,9 +739,19 @@ def read_observations(
     if end is not None:
         query = query.where(observations.c.ts <= pd.Timestamp(end).to_pydatetime())
     query = query.order_by(observations.c.series_id if series_order is None else series_order, observations.c.ts)
+    ids: list[pa.Array] = []
+    times: list[np.ndarray] = []
+    values: list[np.ndarray] = []
     with store_errors(engine.url), engine.connect() as conn:
-        rows = conn.execute(query).all()
-    if not rows:
+        result = conn.execution_options(yield_per=READ_CHUNK_ROWS).execute(query)
+        for chunk in result.partitions():  # columns per chunk: memory stays O(chunk) above the columns
+            chunk_ids, chunk_ts, chunk_values = zip(*chunk, strict=True)
+            ids.append(pa.array(chunk_ids, type=pa.string()))
+            times.append(
+                pd.to_datetime(chunk_ts, utc=True, format=_TS_FORMAT.get(engine.dialect.name)).as_unit("us").asi8
+            )
+            values.append(np.asarray(chunk_values, dtype=np.float64))
+    if not ids:
         return pd.DataFrame(
             {
                 "series_id": pd.Series(dtype=object),
@@ -729,14 +759,26 @@ def read_observations(
                 "value": pd.Series(dtype=float),
             }
         )
-    series, ts, values = zip(*rows, strict=True)
     return pd.DataFrame(
         {
-            "series_id": np.asarray(series, dtype=object),
-            "ts": pd.to_datetime(list(ts), utc=True),
-            "value": np.asarray(values, dtype=float),
+            "series_id": pd.array(pa.chunked_array(ids), dtype="str"),
+            "ts": pd.DatetimeIndex(np.concatenate(times).view("M8[us]")).tz_localize("UTC"),
+            "value": np.concatenate(values),
         }
     )
+
+
+# How `read_observations` parses a chunk of timestamps read without `UTCDateTime`'s per-value processing: SQLite's
+# stored text (naive UTC, "2024-01-01 00:00:00.000000") in one vectorised parse; PostgreSQL's timezone-aware datetimes
+# as the driver returns them.
+_TS_FORMAT = {"sqlite": "ISO8601"}
+
+
+def _raw_timestamps(engine: Engine) -> Any:
+    """observations.ts as the driver returns it (text on SQLite, aware datetimes on PostgreSQL), parsed per chunk by
+    `read_observations` instead of value by value."""
+    raw_type = Text() if engine.dialect.name == "sqlite" else DateTime(timezone=True)
+    return type_coerce(observations.c.ts, raw_type).label("ts")
 
 
 def list_series(engine: Engine) -> list[str]:
@@ -754,11 +796,13 @@ def upsert_forecasts(engine: Engine, frame: pd.DataFrame) -> int:
     frame = frame.drop_duplicates(
         subset=["series_id", "origin_ts", "target_ts", "model_name", "model_version"], keep="last"
     )
-    rows = forecast_rows(frame)
+    if "created_at" not in frame:  # one time for the whole write, not one per batch
+        frame = frame.assign(created_at=pd.Timestamp.now(tz="UTC"))
 
     def work(conn: Connection) -> int:
-        _upsert(conn, forecasts, rows)
-        return len(rows)
+        for start in range(0, len(frame), WRITE_BATCH_ROWS):  # Python rows for one batch at a time
+            _upsert(conn, forecasts, forecast_rows(frame.iloc[start : start + WRITE_BATCH_ROWS]))
+        return len(frame)
 
     return run_in_transaction(engine, work)
 

@@ -104,6 +104,10 @@ class TrainConfig(BaseModel):
     - `device`: "auto" (CUDA when present), "cpu" or "cuda"; `num_threads`: CPU threads (None = automatic, see
       `training_threads`).
     - `eval_batch_size`: windows per batch when computing validation loss.
+    - `max_windows_per_epoch`: the per-epoch window budget (None: every window, every epoch). Each epoch trains
+      on that many training windows drawn afresh from all of them (one seeded `randperm`, sliced), and early
+      stopping watches a fixed seeded sample of that many validation windows, so an epoch's cost does not grow
+      with the number of series.
     - `max_loss`: an epoch loss above this (scaled units; sane losses are about 1) counts as diverged.
 
     The defaults are the fastest to a given accuracy in the benchmark sweep (docs/benchmarks.md): a small network
@@ -132,6 +136,7 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = _TRAINING.device
     num_threads: int | None = Field(default=None, ge=1)
     eval_batch_size: int = Field(default=1024, ge=1)
+    max_windows_per_epoch: int | None = Field(default=_TRAINING.max_windows_per_epoch, ge=1)
     max_loss: float = Field(default=1e6, gt=0.0)
 
     @property
@@ -264,6 +269,18 @@ def _validation_loss(
     return total / max(len(starts), 1)
 
 
+def sample_validation_starts(starts: torch.Tensor, budget: int | None, seed: int) -> torch.Tensor:
+    """The validation windows early stopping watches: all of `starts [N_val]`, or a fixed sample of `budget` of
+    them (in ascending order) drawn with its own generator seeded with `seed`, so the training shuffles are those
+    of an unbounded run."""
+    if budget is None or len(starts) <= budget:
+        return starts
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    chosen = torch.randperm(len(starts), generator=generator)[:budget].sort().values  # [budget]
+    return starts[chosen.to(starts.device)]
+
+
 def _diverged(loss: float, limit: float) -> bool:
     return not math.isfinite(loss) or loss > limit
 
@@ -384,8 +401,11 @@ def _fit_one(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | 
 
         values = torch.from_numpy(data.scaled).to(device=device, dtype=torch.float32)  # [total], once
         train_starts = torch.from_numpy(data.train_starts).to(device)  # [N_train], once
-        val_starts = torch.from_numpy(data.val_starts).to(device)  # [N_val], once
-        n_train = len(data.train_starts)
+        val_starts = sample_validation_starts(  # [N_val] or [budget], once
+            torch.from_numpy(data.val_starts).to(device), config.max_windows_per_epoch, config.seed
+        )
+        n_all = len(data.train_starts)
+        n_train = n_all if config.max_windows_per_epoch is None else min(config.max_windows_per_epoch, n_all)
 
         params = list(model.parameters())
         optimizer = torch.optim.AdamW(
@@ -413,7 +433,8 @@ def _fit_one(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | 
         started = time.perf_counter()
         log.log(
             level,
-            "training %s %dx%d on %s (bf16=%s, %d threads): %d train / %d validation windows, batch %d",
+            "training %s %dx%d on %s (bf16=%s, %d threads): %d of %d train / %d of %d validation windows per "
+            "epoch, batch %d",
             config.cell,
             config.num_layers,
             config.hidden_size,
@@ -421,6 +442,8 @@ def _fit_one(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | 
             use_bf16,
             torch.get_num_threads(),
             n_train,
+            n_all,
+            len(val_starts),
             len(data.val_starts),
             config.effective_batch_size,
         )
@@ -430,7 +453,8 @@ def _fit_one(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | 
             epoch_start = time.perf_counter()
             model.train()
             lr = optimizer.param_groups[0]["lr"]
-            shuffled = train_starts[torch.randperm(n_train, device=device, generator=generator)]  # [N_train]
+            order = torch.randperm(n_all, device=device, generator=generator)  # [N_train]
+            shuffled = train_starts[order if n_train == n_all else order[:n_train]]  # [n_train], the epoch's budget
             total = torch.zeros((), device=device)
             batch_size = config.effective_batch_size
             for i in range(0, n_train, batch_size):

@@ -162,3 +162,51 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     markdown = (out / "latest.md").read_text()
     assert "## Speed summary" in markdown and "## Speed: larger shape" in markdown
     assert "## Speed summary" in proc.stdout  # the table is printed at the end
+
+
+def test_scale_benchmark_runs_a_tiny_panel_and_saves_its_tables(tmp_path: Path) -> None:
+    """`python -m benchmarks.scale` on 20 and 40 series x 200 days, SQLite only: every stage timed with sane
+    figures in scale.json, the table printed and saved as scale.md, growth ratios next to the series ratio."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.scale",
+            "--series",
+            "20",
+            "40",
+            "--steps",
+            "200",
+            "--max-epochs",
+            "1",
+            "--budget",
+            "300",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    from benchmarks.scale import STAGES
+
+    results = json.loads((tmp_path / "scale.json").read_text())
+    assert results["meta"]["series"] == [20, 40] and len(results["meta"]["load_start"]) == 3
+    by_size = results["stores"]["sqlite"]
+    for n_series in (20, 40):
+        run = by_size[str(n_series)]
+        assert list(run["stages"]) == list(STAGES)
+        for stage in run["stages"].values():
+            assert stage["seconds"] > 0 and stage["peak_mib"] >= stage["delta_mib"] >= 0
+        facts = run["facts"]
+        assert facts["observations"] == n_series * 200
+        assert facts["forecast_rows_written"] == n_series * facts["horizon"]
+        assert facts["windows_per_epoch"] == 300 and facts["epochs"] == 1
+    assert set(results["growth"]["sqlite"]) == set(STAGES)
+    assert all(g["seconds"] > 0 for g in results["growth"]["sqlite"].values())
+    markdown = (tmp_path / "scale.md").read_text()
+    assert "## sqlite" in markdown and "| training |" in markdown and "time x (2x series)" in markdown
+    assert "| training |" in proc.stdout

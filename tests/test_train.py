@@ -204,3 +204,81 @@ def test_auto_scaling_keeps_the_scaling_with_the_lower_validation_loss() -> None
         torch.equal(a, b)
         for a, b in zip(fit.model.state_dict().values(), separate.model.state_dict().values(), strict=True)
     )
+
+
+def _weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def _noisy_sines(n_series: int, length: int = 160) -> WindowedData:
+    rng = np.random.default_rng(1)
+    t = np.arange(length)
+    return windows(
+        {f"s{k}": 20 + 5 * np.sin(2 * np.pi * t / 12 + k) + rng.normal(0, 0.3, length) for k in range(n_series)}
+    )
+
+
+def test_window_budget_bounds_the_windows_each_epoch_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.train as train_module
+
+    data = _noisy_sines(4)
+    n_train, n_val = len(data.train_starts), len(data.val_starts)
+    budget = 40
+    assert n_train > budget and n_val > budget // 2
+    gathered: list[int] = []
+    real_gather = train_module.gather_windows
+
+    def counting_gather(values: torch.Tensor, starts: torch.Tensor, lookback: int, horizon: int) -> object:
+        gathered.append(len(starts))
+        return real_gather(values, starts, lookback, horizon)
+
+    monkeypatch.setattr(train_module, "gather_windows", counting_gather)
+    fit = fit_forecaster(data, config(max_epochs=2, patience=5, max_windows_per_epoch=budget, eval_batch_size=10_000))
+    # per epoch: the budget in training batches, then one validation batch of min(budget, N_val) windows
+    assert sum(gathered) == 2 * (budget + min(budget, n_val))
+    assert len(fit.history) == 2
+
+    gathered.clear()
+    fit_forecaster(data, config(max_epochs=1, patience=5, max_windows_per_epoch=None, eval_batch_size=10_000))
+    assert sum(gathered) == n_train + n_val
+
+
+def test_no_window_budget_is_every_window_and_the_same_fit_as_a_budget_above_the_counts() -> None:
+    data = _noisy_sines(3)
+    unbounded = fit_forecaster(data, config(max_epochs=3))
+    roomy = fit_forecaster(data, config(max_epochs=3, max_windows_per_epoch=10**6))
+    assert _weights_equal(unbounded.model, roomy.model)
+    assert [h["val_loss"] for h in unbounded.history] == [h["val_loss"] for h in roomy.history]
+
+
+def test_window_budget_is_seeded_same_seed_same_weights() -> None:
+    data = _noisy_sines(4)
+    first = fit_forecaster(data, config(max_epochs=3, max_windows_per_epoch=50))
+    again = fit_forecaster(data, config(max_epochs=3, max_windows_per_epoch=50))
+    other_seed = fit_forecaster(data, config(max_epochs=3, max_windows_per_epoch=50, seed=4))
+    assert _weights_equal(first.model, again.model)
+    assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in again.history]
+    assert not _weights_equal(first.model, other_seed.model)
+
+
+def test_validation_sample_is_fixed_sorted_and_drawn_apart_from_the_shuffles() -> None:
+    from tasks.train import sample_validation_starts
+
+    starts = torch.arange(100, 200, dtype=torch.int32)
+    assert sample_validation_starts(starts, None, 0) is starts
+    assert sample_validation_starts(starts, 100, 0) is starts
+    sample = sample_validation_starts(starts, 30, 7)
+    assert len(sample) == 30 and torch.equal(sample, sample.sort().values)
+    assert len(set(sample.tolist())) == 30 and set(sample.tolist()) <= set(starts.tolist())
+    assert torch.equal(sample, sample_validation_starts(starts, 30, 7))
+    assert not torch.equal(sample, sample_validation_starts(starts, 30, 8))
+
+
+def test_window_budget_is_a_run_spec_setting() -> None:
+    from tasks.spec import RunSpec
+
+    spec = RunSpec(training={"max_windows_per_epoch": 20_000})
+    assert spec.train_config("lstm").max_windows_per_epoch == 20_000
+    assert RunSpec().train_config("gru").max_windows_per_epoch is None
+    with pytest.raises(ValueError, match="max_windows_per_epoch"):
+        RunSpec(training={"max_windows_per_epoch": 0})

@@ -487,3 +487,30 @@ def test_a_small_move_in_a_flat_stretch_is_no_outlier(tmp_path: Path) -> None:
     assert "row 11 series_id='hr' ts='2024-01-01T10:00:00' value=90.0 (rolling median 60, band 35 to 85)" in str(
         _fail(frame, tmp_path)
     )
+
+
+def test_rolling_median_and_mad_match_nanmedian_on_every_window() -> None:
+    """The fast path (numpy's median on windows without NaN) gives the same figures as nanmedian on every window:
+    series longer and shorter than the window, NaN inside, and windows with too few numbers."""
+    from tasks.validate import OUTLIER_MIN_POINTS, OUTLIER_WINDOW, _rolling_median_and_mad
+
+    rng = np.random.default_rng(5)
+    lengths = [200, 30, OUTLIER_WINDOW, 11, 120]
+    keys = np.repeat(np.arange(len(lengths)), lengths)
+    values = rng.normal(100, 10, len(keys)).round(1)  # rounded: ties, as real readings have
+    values[rng.choice(len(values), 25, replace=False)] = np.nan
+    center, mad = _rolling_median_and_mad(values, keys)
+
+    expected_center, expected_mad = np.full(len(values), np.nan), np.full(len(values), np.nan)
+    start = 0
+    for length in lengths:
+        part = values[start : start + length]
+        for i in range(length):
+            first = min(max(i - OUTLIER_WINDOW // 2, 0), max(length - OUTLIER_WINDOW, 0))
+            window = part[first : first + OUTLIER_WINDOW]
+            if np.count_nonzero(~np.isnan(window)) >= OUTLIER_MIN_POINTS:
+                expected_center[start + i] = np.nanmedian(window)
+                expected_mad[start + i] = np.nanmedian(np.abs(window - expected_center[start + i]))
+        start += length
+    np.testing.assert_array_equal(center, expected_center)
+    np.testing.assert_array_equal(mad, expected_mad)
