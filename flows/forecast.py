@@ -68,7 +68,8 @@ def forecast_flow(
         settings.tracking_uri, registered_model or settings.registered_model, model_alias, model_version
     )
     loaded = load_model_task(settings.tracking_uri, model)
-    frame = read_observations_task(settings.db_url, wanted, context.as_of)
+    # a forecast reads each series' last lookback observations, not its history
+    frame = read_observations_task(settings.db_url, wanted, context.as_of, last=loaded.lookback)
     plan = plan_forecast_task(frame, loaded, wanted, context.as_of, as_of is not None, policy)
     rows = forecast_frame_task(loaded, model, plan, context.flow_run_id)
     written = write_forecasts_task(settings.db_url, rows)

@@ -37,6 +37,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    func,
     inspect,
     select,
     text,
@@ -45,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
 
 from models.errors import SeqcastError
 from tasks.run_context import run_logger
@@ -724,21 +726,32 @@ def read_observations(
     series_ids: Sequence[str] | None = None,
     start: pd.Timestamp | dt.datetime | None = None,
     end: pd.Timestamp | dt.datetime | None = None,
+    last: int | None = None,
 ) -> pd.DataFrame:
     """Observations sorted by (series_id, ts), ts UTC-aware; `end` is inclusive (the as-of rule: ts <= end).
+    `last`: only each series' last `last` observations in that range (what a forecast reads), selected in the
+    database so the rows before them are never converted.
 
     Ids are ordered by code point on every backend (SQLite's default; "C" collation on PostgreSQL), the order the
     window builder takes a frame in without re-sorting it.
     """
-    series_order = observations.c.series_id.collate("C") if engine.dialect.name == "postgresql" else None
-    query = select(observations.c.series_id, _raw_timestamps(engine), observations.c.value)
+    rows: Any = observations
+    conditions: list[ColumnElement[bool]] = []
     if series_ids is not None:
-        query = query.where(observations.c.series_id.in_(list(series_ids)))
+        conditions.append(observations.c.series_id.in_(list(series_ids)))
     if start is not None:
-        query = query.where(observations.c.ts >= pd.Timestamp(start).to_pydatetime())
+        conditions.append(observations.c.ts >= pd.Timestamp(start).to_pydatetime())
     if end is not None:
-        query = query.where(observations.c.ts <= pd.Timestamp(end).to_pydatetime())
-    query = query.order_by(observations.c.series_id if series_order is None else series_order, observations.c.ts)
+        conditions.append(observations.c.ts <= pd.Timestamp(end).to_pydatetime())
+    if last is not None:
+        if last < 1:
+            raise ValueError(f"`last` ({last}) must be at least 1")
+        rank = func.row_number().over(partition_by=observations.c.series_id, order_by=observations.c.ts.desc())
+        ranked = select(*observations.c, rank.label("rank_from_end")).where(*conditions).subquery("ranked")
+        rows, conditions = ranked, [ranked.c.rank_from_end <= last]
+    series_order = rows.c.series_id.collate("C") if engine.dialect.name == "postgresql" else rows.c.series_id
+    query = select(rows.c.series_id, _raw_timestamps(engine, rows), rows.c.value).where(*conditions)
+    query = query.order_by(series_order, rows.c.ts)
     ids: list[pa.Array] = []
     times: list[np.ndarray] = []
     values: list[np.ndarray] = []
@@ -774,11 +787,11 @@ def read_observations(
 _TS_FORMAT = {"sqlite": "ISO8601"}
 
 
-def _raw_timestamps(engine: Engine) -> Any:
-    """observations.ts as the driver returns it (text on SQLite, aware datetimes on PostgreSQL), parsed per chunk by
-    `read_observations` instead of value by value."""
+def _raw_timestamps(engine: Engine, rows: Any = observations) -> Any:
+    """`rows.c.ts` (observations or a query of them) as the driver returns it (text on SQLite, aware datetimes on
+    PostgreSQL), parsed per chunk by `read_observations` instead of value by value."""
     raw_type = Text() if engine.dialect.name == "sqlite" else DateTime(timezone=True)
-    return type_coerce(observations.c.ts, raw_type).label("ts")
+    return type_coerce(rows.c.ts, raw_type).label("ts")
 
 
 def list_series(engine: Engine) -> list[str]:
@@ -909,10 +922,14 @@ def is_connection_error(_task: Any, _run: Any, state: Any) -> bool:
 
 @task(name="read-observations", retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_connection_error)
 def read_observations_task(
-    url: str, series_ids: list[str] | None = None, end: pd.Timestamp | dt.datetime | None = None
+    url: str,
+    series_ids: list[str] | None = None,
+    end: pd.Timestamp | dt.datetime | None = None,
+    last: int | None = None,
 ) -> pd.DataFrame:
-    """Observations with ts <= `end` (the as-of rule) for the training, forecast and backfill flows."""
-    return read_observations(get_engine(url), series_ids=series_ids, end=end)
+    """Observations with ts <= `end` (the as-of rule) for the training, forecast and backfill flows; with `last`,
+    each series' last `last` of them only."""
+    return read_observations(get_engine(url), series_ids=series_ids, end=end, last=last)
 
 
 @task(name="upsert-forecasts", retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=is_connection_error)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from servers import create_database, database_url, drop_database, require_postgres
@@ -400,3 +401,32 @@ def test_a_sqlite_engine_starting_while_another_process_writes_waits_for_it(tmp_
         release.join()
         holder.close()
         store.dispose_engines()
+
+
+def test_reading_the_last_observations_equals_the_tail_of_a_full_read(empty_url: str) -> None:
+    """What a forecast reads (`last`): each series' last n rows at or before `end`, as the full read's tail, in the
+    same order and types; series shorter than n come whole."""
+    engine = store.get_engine(empty_url)
+    rng = np.random.default_rng(3)
+    frames = [
+        pd.DataFrame(
+            {
+                "series_id": sid,
+                "ts": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC"),
+                "value": rng.normal(size=n),
+            }
+        )
+        for sid, n in (("b", 30), ("a", 12), ("Z", 4))
+    ]
+    store.upsert_observations(engine, pd.concat(frames, ignore_index=True))
+    end = pd.Timestamp("2024-01-01 20:00", tz="UTC")
+    full = store.read_observations(engine, end=end)
+    expected = full.groupby("series_id", sort=False).tail(10).reset_index(drop=True)
+    got = store.read_observations(engine, end=end, last=10)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got.groupby("series_id", sort=False).size().to_dict() == {"Z": 4, "a": 10, "b": 10}
+    assert got["ts"].max() == end  # the as-of cut comes before the last rows are chosen
+    only_a = store.read_observations(engine, series_ids=["a"], last=3)
+    assert only_a["value"].tolist() == frames[1]["value"].tolist()[-3:]
+    with pytest.raises(ValueError, match="`last` \\(0\\) must be at least 1"):
+        store.read_observations(engine, last=0)
