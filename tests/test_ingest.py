@@ -552,3 +552,32 @@ def test_observations_come_back_in_code_point_order_of_their_ids(db_url: str) ->
     engine = store.get_engine(db_url)
     store.upsert_observations(engine, frame)
     assert store.read_observations(engine)["series_id"].tolist() == sorted(ids)
+
+
+def test_the_copy_upsert_and_the_batched_upsert_agree_on_postgresql(postgres_database: str) -> None:
+    """psycopg writes with COPY; other PostgreSQL drivers with executemany batches: same rows, same counts."""
+    import datetime as dt
+
+    engine = store.get_engine(postgres_database)
+    with engine.begin() as conn:
+        conn.execute(store.observations.delete())
+    start = pd.Timestamp("2024-01-01 00:00:00.123456", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "series_id": ["a,b", "a,b", 'q"uote', "new\nline"],
+            "ts": [start, start + pd.Timedelta(hours=1), start, start],
+            "value": [1.0, 2.5e-300, -0.1, 7.0],
+        }
+    )
+    first = store.upsert_observations(engine, frame)  # COPY
+    assert (first.new, first.updated, first.unchanged) == (4, 0, 0)
+    pd.testing.assert_frame_equal(
+        store.read_observations(engine), frame.sort_values(["series_id", "ts"], ignore_index=True)
+    )
+    changed = frame.assign(value=[1.0, 3.0, -0.1, 8.0]).sort_values(["series_id", "ts"], ignore_index=True)
+    with engine.begin() as conn:  # the batched path on the same rows
+        written = store._upsert_changed_observations(conn, changed, dt.datetime.now(dt.UTC))
+    assert sorted(written["series_id"]) == ["a,b", "new\nline"] and not written["inserted"].any()
+    again = store.upsert_observations(engine, changed)  # COPY again: nothing left to change
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 4)
+    assert store.read_observations(engine)["value"].tolist() == changed["value"].tolist()
