@@ -430,3 +430,33 @@ def test_reading_the_last_observations_equals_the_tail_of_a_full_read(empty_url:
     assert only_a["value"].tolist() == frames[1]["value"].tolist()[-3:]
     with pytest.raises(ValueError, match="`last` \\(0\\) must be at least 1"):
         store.read_observations(engine, last=0)
+
+
+def test_sqlite_observation_writes_store_the_text_sqlalchemy_would(tmp_path: Path) -> None:
+    """The SQLite write formats timestamps itself (one call per batch): the stored text must be exactly what the
+    table's `UTCDateTime` column writes, or later upserts and range queries would miss the rows."""
+    import datetime as dt
+    import sqlite3
+
+    engine = store.get_engine(f"sqlite:///{tmp_path / 'text.db'}")
+    ts = pd.to_datetime(
+        ["0999-03-04 05:06:07.000001+00:00", "2024-01-01 00:00:00+02:00", "2024-06-30 23:59:59.999999+00:00"],
+        utc=True,
+        format="ISO8601",
+    )
+    frame = pd.DataFrame({"series_id": ["a", "a", "b"], "ts": ts, "value": [1.0, 2.0, 3.0]})
+    store.upsert_observations(engine, frame)
+    reference = MetaData()
+    mirror = Table("mirror", reference, *(Column(c.name, c.type) for c in store.observations.columns))
+    reference.create_all(engine)
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(mirror.insert(), store._observation_rows(frame, now))
+    with sqlite3.connect(tmp_path / "text.db") as raw:
+        ours = raw.execute("SELECT series_id, ts FROM observations ORDER BY series_id, ts").fetchall()
+        theirs = raw.execute("SELECT series_id, ts FROM mirror ORDER BY series_id, ts").fetchall()
+    assert ours == theirs
+    assert ours[0] == ("a", "0999-03-04 05:06:07.000001") and ("a", "2023-12-31 22:00:00.000000") in ours
+    assert store._sqlite_timestamps(pd.DatetimeIndex([now])) == ["2026-01-02 03:04:05.000006"]
+    again = store.upsert_observations(engine, frame)  # the stored keys match: nothing new
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 3)
