@@ -174,10 +174,37 @@ def spec_options() -> dict[str, str]:
     return options
 
 
+class JsonMappingFile(click.ParamType):
+    """A JSON file holding one object, read into the dict a mapping field of the run spec takes
+    (`--partition-groups groups.json`: {"group": ["series id", ...], ...})."""
+
+    name = "json_file"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "FILE.json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import json
+
+        if isinstance(value, dict):
+            return value
+        try:
+            with open(value, encoding="utf-8") as handle:
+                loaded = json.load(handle)
+        except (OSError, ValueError) as exc:
+            self.fail(f"cannot read {value!r} as JSON: {exc}", param, ctx)
+        if not isinstance(loaded, dict):
+            self.fail(f"{value!r} holds a JSON {type(loaded).__name__}; it needs an object", param, ctx)
+        return loaded
+
+
 def _click_type(annotation: Any) -> tuple[click.ParamType, bool]:
-    """The click type of a spec field's annotation, and whether the option repeats (list fields)."""
+    """The click type of a spec field's annotation, and whether the option repeats (list fields); a mapping field
+    is read from a JSON file."""
     if get_origin(annotation) in (Union, UnionType):
         annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    if get_origin(annotation) is dict:
+        return JsonMappingFile(), False
     multiple = get_origin(annotation) is list
     if multiple:
         annotation = get_args(annotation)[0]

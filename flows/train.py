@@ -4,6 +4,10 @@ The candidates (train -> evaluate -> log, tasks/candidate.py) are submitted to t
 side: on this machine's cores by default, on a Ray cluster when one is configured. Callers choose the runner from
 the spec at call time, `train_flow.with_options(task_runner=tasks.runners.task_runner_for(spec))`; the decorator's
 is the environment's default (SEQCAST_RAY_ADDRESS), which is what a deployment's flow run gets.
+
+With the spec's `partition` settings above one partition, each cell's networks train first, one task per
+(cell, partition) side by side on the same runner, and each candidate task combines its cell's into one model
+(tasks/partitions.py); the rest of the flow (gate, registration) is the same.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from prefect.client.schemas.objects import FlowRun, State
 
 from flows.console import quiet_worker_console
 from models.frequency import season_length
-from tasks import gate, registry, runners
+from tasks import gate, partitions, registry, runners
 from tasks.candidate import CandidateJob, candidate_task
 from tasks.run_context import Trigger, resolve_run_context
 from tasks.settings import get_settings
@@ -115,8 +119,9 @@ def train_flow(
     series lengths; the parent MLflow run gets the resolved spec as its params.
 
     Args:
-        spec: Every setting of the run: window, model, training, evaluation, data, and where the candidates train
-            (`execution`; the flow's task runner is chosen from it by its caller: `tasks.runners.task_runner_for`).
+        spec: Every setting of the run: window, model, training, evaluation, data, partitions of the series (one
+            network each, registered as one model), and where the candidates train (`execution`; the flow's task
+            runner is chosen from it by its caller: `tasks.runners.task_runner_for`).
         series: Train on these series ids only; None (default): every stored series.
         registered_model: MLflow registered model to register in; empty (default): SEQCAST_REGISTERED_MODEL
             ("seqcast").
@@ -142,6 +147,7 @@ def train_flow(
     )
     spec = resolve_spec_task(spec, frame)  # again on the validated rows: filling gaps may have lengthened series
     data = make_windows_task(frame, spec.window_config())
+    plan = partitions.plan_partitions_task(spec.partition, data.panel.series_ids)  # bad settings stop the run here
     season = season_length(data.freq)  # MASE's scale: the frequency's natural cycle
 
     experiment_id = registry.configure_mlflow_task(
@@ -170,8 +176,13 @@ def train_flow(
         )
         for cell in spec.model.cells
     ]
+    # a partitioned run trains each (cell, partition) network first, side by side; the candidates combine them
+    fit_jobs = partitions.partition_jobs(spec, plan, runners.cores_per_task(len(spec.model.cells) * plan.count))
     with runners.training_resources():
-        futures = [candidate_task.submit(job, data, frame) for job in jobs]
+        fit_futures = [partitions.fit_partition_task.submit(fit_job, data, plan) for fit_job in fit_jobs]
+    trained = partitions.fits_by_cell(plan, runners.results_in_order(fit_futures))
+    with runners.training_resources():
+        futures = [candidate_task.submit(job, data, frame, trained.get(job.config.cell)) for job in jobs]
     results = runners.results_in_order(futures)  # all finished, in the cells' order
     evaluations = {r.cell: r.evaluation for r in results}
     candidates = [CandidateSummary(r.cell, r.run_id, r.model_uri, r.evaluation.metrics()) for r in results]

@@ -18,6 +18,7 @@ from models.choices import Cell, Head, Scaling
 from models.windows import gather_windows
 
 WINDOW_SCALE_EPS = 1e-4  # added to a window's variance (series-scaled units) so a flat window divides by 0.01
+PREDICT_BATCH = 4096  # windows per inference batch (`predict_windows`)
 
 
 class ForecasterConfig(BaseModel):
@@ -161,7 +162,7 @@ def predict_windows(
     starts: np.ndarray | torch.Tensor,
     lookback: int,
     horizon: int,
-    batch_size: int = 4096,
+    batch_size: int = PREDICT_BATCH,
 ) -> np.ndarray:
     """Forecasts `[N, H]` (scaled units) for the windows starting at flat indices `starts [N]` of `values [total]`.
 

@@ -2,8 +2,10 @@
 
 The folder holds JSON and a state_dict only (no pickles):
   - config.json   ForecasterConfig, the series frequency, the series ids, the per-series baseline fallback,
-                  free-form metadata
-  - weights.pt    the state_dict, saved from CPU tensors (loads on CPU-only machines)
+                  free-form metadata; for a partitioned model (models/partitions.py) also each network's config
+                  and the routing of every series to its partition's network
+  - weights.pt    the state_dict, saved from CPU tensors (loads on CPU-only machines); a partitioned model's holds
+                  every network's, as `networks.<k>.<name>`
   - scalers.json  per-series mean/std fit on the training part (`Scalers.to_dict`)
   - manifest.json sha256 and size of the three files above, checked on every load
 
@@ -32,10 +34,14 @@ from models.errors import SeqcastError
 from models.forecaster import ForecasterConfig, RecurrentForecaster, predict_windows, resolve_device
 from models.frequency import to_offset
 from models.intervals import IntervalCalibration, interval_bounds
+from models.partitions import PartitionedForecaster
 from models.reference import ModelReference
 from models.windows import Scalers, SeriesPanel, origin_starts, panel_from_frame
 
-FORMAT_VERSION = 1
+# The newest folder format this seqcast reads. A folder records the oldest format that reads it, so older seqcasts
+# keep loading what they can: 1 for one network, 2 for a partitioned model (several networks and their routing).
+FORMAT_VERSION = 2
+PARTITIONED_FORMAT = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 SCALERS_FILE = "scalers.json"
@@ -55,6 +61,8 @@ class LoadedForecaster:
 
     `fallback` maps the series on which the network lost to a baseline at evaluation to that baseline's method
     ("naive", "seasonal_naive_48", ...): those series are served by the baseline, never by the network.
+    `model` may be a `PartitionedForecaster` (one network per partition of the series): `forecast_origins` then
+    sends each series' windows to its partition's network, and everything else is the same.
     """
 
     model: RecurrentForecaster
@@ -142,17 +150,26 @@ def save_forecaster(
     half-written model where a good one was. `metadata` must be JSON-able (e.g. run ids, split timestamps);
     `fallback` maps series served by a baseline to its method (see `LoadedForecaster`); `intervals` is the
     calibration that puts bounds on every forecast; `reference` the test figures monitoring compares with.
+    A `PartitionedForecaster` is saved with every network and its routing, which must cover the scalers' series.
     """
     to_offset(freq)  # refuse an unknown frequency now, not at serving time
     fallback = dict(sorted((fallback or {}).items()))
     _check_fallback(fallback, model.config.lookback, scalers.series_ids)
+    partitioned = model if isinstance(model, PartitionedForecaster) else None
+    if partitioned is not None and set(partitioned.routing) != set(scalers.series_ids):
+        unrouted = sorted(set(scalers.series_ids) - set(partitioned.routing))
+        raise ValueError(
+            f"the partitioned model routes {len(partitioned.routing)} series and the scalers hold "
+            f"{len(scalers.series_ids)} (series without a partition: {unrouted[:5]!r}); route exactly the series it "
+            "was trained on"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         config = {
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if partitioned is None else PARTITIONED_FORMAT,
             "forecaster": model.config.model_dump(),
             "freq": freq,
             "series_ids": list(scalers.series_ids),
@@ -162,12 +179,14 @@ def save_forecaster(
             "torch_version": torch.__version__,
             "metadata": metadata or {},
         }
+        if partitioned is not None:
+            config["partitions"] = partitioned.describe()
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         (tmp / SCALERS_FILE).write_text(json.dumps(scalers.to_dict()))
         state = {name: tensor.detach().to("cpu").clone() for name, tensor in model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": config["format_version"],
             "files": {
                 name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in CHECKED_FILES
             },
@@ -256,7 +275,9 @@ def load_forecaster(
     intervals, reference = config_data.get("intervals"), config_data.get("reference")
     scalers = Scalers.from_dict(json.loads((path / SCALERS_FILE).read_text()))
     state = torch.load(path / WEIGHTS_FILE, weights_only=True, map_location=target)
-    model = RecurrentForecaster(config).to(target)
+    partitions = config_data.get("partitions")
+    network = RecurrentForecaster(config) if partitions is None else PartitionedForecaster.from_description(partitions)
+    model = network.to(target)
     model.load_state_dict(state)
     model.eval()
     return LoadedForecaster(
@@ -296,7 +317,11 @@ def forecast_origins(
     starts = origin_starts(panel, series_index, np.asarray(origin_positions, dtype=np.int64), loaded.lookback)
     scaled = loaded.scalers.transform(panel).values  # [total] scaled units
     values = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
-    predicted = predict_windows(loaded.model, values, starts, loaded.lookback, loaded.horizon)  # [N, H]
+    if isinstance(loaded.model, PartitionedForecaster):  # each window by its series' network
+        partition = loaded.model.partition_of(panel.series_ids)[series_index]  # [S] -> [N]
+        predicted = loaded.model.predict(values, starts, partition)  # [N, H]
+    else:
+        predicted = predict_windows(loaded.model, values, starts, loaded.lookback, loaded.horizon)  # [N, H]
     points = loaded.scalers.inverse(predicted.astype(np.float64), scaler_index[series_index])
     if not loaded.fallback:
         return points

@@ -4,6 +4,10 @@ train -> calibrate intervals -> forecast the test windows -> evaluate -> plots -
 Everything it needs travels in its arguments (the tracking URI too), so it runs alike in a thread of the flow's
 process and in a Ray worker on another machine (tasks/runners.py). It trains on its `cpu_budget` share of the
 cores; its child run ends FINISHED, or FAILED when a step fails (the error is raised again).
+
+In a partitioned run (tasks/partitions.py) the cell's networks were trained beforehand, one task per partition;
+the candidate then combines them instead of training (`combine_fits`) and goes on as above, on every series'
+windows together, logging each partition's epochs (`<metric>_p<k>`) and a `partitions.csv` beside its own.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import evaluate, intervals, plots, registry, runners
-from tasks.train import TrainConfig, cpu_budget, train_candidate_task
+from tasks import evaluate, intervals, partitions, plots, registry, runners
+from tasks.train import FitResult, TrainConfig, cpu_budget, train_candidate_task
 
 if TYPE_CHECKING:
     from tasks.windowing import WindowedData
@@ -54,8 +58,11 @@ class CandidateResult:
     finished: float
 
 
-def run_candidate(job: CandidateJob, data: WindowedData, frame: pd.DataFrame) -> CandidateResult:
-    """Train, evaluate and log one candidate in its own MLflow child run (see the module's docstring)."""
+def run_candidate(
+    job: CandidateJob, data: WindowedData, frame: pd.DataFrame, trained: partitions.CellPartitions | None = None
+) -> CandidateResult:
+    """Train (or, given its `trained` partition networks, combine), evaluate and log one candidate in its own MLflow
+    child run (see the module's docstring)."""
     import mlflow
 
     started = time.time()
@@ -65,7 +72,7 @@ def run_candidate(job: CandidateJob, data: WindowedData, frame: pd.DataFrame) ->
     run_id = registry.start_run_task(job.experiment_id, job.run_name, {**job.tags, **worker}, job.parent_run_id)
     try:
         with cpu_budget(job.cores or runners.worker_cores()):
-            model_uri, scores = _train_and_log(job, run_id, data, frame)
+            model_uri, scores = _train_and_log(job, run_id, data, frame, trained)
     except BaseException:
         registry.end_run_task(run_id, failed=True)
         raise
@@ -74,10 +81,14 @@ def run_candidate(job: CandidateJob, data: WindowedData, frame: pd.DataFrame) ->
 
 
 def _train_and_log(
-    job: CandidateJob, run_id: str, data: WindowedData, frame: pd.DataFrame
+    job: CandidateJob,
+    run_id: str,
+    data: WindowedData,
+    frame: pd.DataFrame,
+    trained: partitions.CellPartitions | None,
 ) -> tuple[str, evaluate.Evaluation]:
     cell = job.config.cell
-    fit = train_candidate_task(data, job.config, registry.epoch_logger(run_id))
+    fit = _fit(job, run_id, data, trained)
     calibration = intervals.calibrate_intervals_task(fit, data, job.level, job.season, job.baseline_seasons)
     predicted = evaluate.forecast_test_windows_task(fit, data)
     scores = evaluate.evaluate_task(
@@ -105,11 +116,29 @@ def _train_and_log(
             level=job.level,
         )
         figures.append(plots.plot_mae_by_step_task(scores, Path(plots_dir)))
+        if trained is not None:
+            table = Path(plots_dir) / "partitions.csv"
+            partitions.partition_table(trained, scores).to_csv(table, index=False)
+            registry.log_artifacts(run_id, [table])
+            registry.log_params(run_id, {"partitions": trained.plan.count, "partition_by": trained.plan.by})
         model_uri = registry.log_candidate_task(run_id, fit, scores, data, frame, figures)
     return model_uri, scores
 
 
+def _fit(job: CandidateJob, run_id: str, data: WindowedData, trained: partitions.CellPartitions | None) -> FitResult:
+    """The candidate's network: trained here on every series, or its partitions' networks combined (their epochs
+    logged to the run, step = epoch)."""
+    if trained is None:
+        return train_candidate_task(data, job.config, registry.epoch_logger(run_id))
+    fit = partitions.combine_fits(trained, job.config)
+    for epoch, metrics in sorted(partitions.epoch_metrics(trained, fit).items()):
+        registry.log_metrics(run_id, metrics, step=epoch)
+    return fit
+
+
 @task(name="make-candidate", task_run_name="make-candidate-{job.config.cell}", cache_policy=NO_CACHE)
-def candidate_task(job: CandidateJob, data: WindowedData, frame: pd.DataFrame) -> CandidateResult:
+def candidate_task(
+    job: CandidateJob, data: WindowedData, frame: pd.DataFrame, trained: partitions.CellPartitions | None = None
+) -> CandidateResult:
     """Prefect wrapper of `run_candidate`; not retried as a whole (its MLflow steps retry on their own)."""
-    return run_candidate(job, data, frame)
+    return run_candidate(job, data, frame, trained)

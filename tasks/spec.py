@@ -223,8 +223,63 @@ class ExecutionSpec(_Part):
     )
 
 
+GroupName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class PartitionSpec(_Part):
+    """How the series are split into partitions, each trained as its own global network (side by side on the task
+    runner) and registered together as one model version that serves each series by its partition's network."""
+
+    partitions: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Partitions of the series by a stable hash of the series id (sha256: the same on every machine, "
+        "and a series keeps its partition as others come and go); one network each, trained side by side and "
+        "registered as one model. 1: one network for every series. With partition_groups: leave it at 1, or give "
+        "the number of groups.",
+    )
+    partition_groups: dict[GroupName, list[str]] | None = Field(
+        default=None,
+        description="Partitions named by the user instead of the hash: group name -> its series ids, one network "
+        "per group. Every series of the run must be in one group, and every group must hold a series of the run. "
+        "`seqcast train` reads it from a JSON file of that shape.",
+    )
+
+    @property
+    def count(self) -> int:
+        """The number of partitions: the groups' when given, else `partitions`."""
+        return len(self.partition_groups) if self.partition_groups else self.partitions
+
+    @model_validator(mode="after")
+    def _groups_are_a_partition(self) -> PartitionSpec:
+        groups = self.partition_groups
+        if groups is None:
+            return self
+        if not groups:
+            raise ValueError("`partition_groups` names no group; name at least one, or leave it out")
+        if self.partitions not in (1, len(groups)):
+            raise ValueError(
+                f"`partitions` ({self.partitions}) differs from the {len(groups)} groups of `partition_groups`; "
+                "with groups, leave `partitions` at 1 or give the number of groups"
+            )
+        empty = [name for name, ids in groups.items() if not ids]
+        if empty:
+            raise ValueError(f"groups {empty[:5]!r} of `partition_groups` list no series; drop them or add series")
+        seen: dict[str, str] = {}
+        for name, ids in groups.items():
+            for sid in ids:
+                if sid in seen:
+                    raise ValueError(
+                        f"series {sid!r} is listed twice in `partition_groups` (in groups {seen[sid]!r} and "
+                        f"{name!r}); list each series in one group, once"
+                    )
+                seen[sid] = name
+        return self
+
+
 class RunSpec(BaseModel):
-    """Every setting of a training run: window, model, training, evaluation, data and where it runs.
+    """Every setting of a training run: window, model, training, evaluation, data, partitions and where it runs.
 
     Settings left empty follow the data: lookback, horizon, evaluation stride and seasons come from its frequency
     and series lengths (`resolve`), and the parent MLflow run records the values used as its params.
@@ -238,6 +293,7 @@ class RunSpec(BaseModel):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description=EvaluationSpec.__doc__)
     data: DataSpec = Field(default_factory=DataSpec, description=DataSpec.__doc__)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description=ExecutionSpec.__doc__)
+    partition: PartitionSpec = Field(default_factory=PartitionSpec, description=PartitionSpec.__doc__)
 
     @model_validator(mode="after")
     def _settings_agree(self) -> RunSpec:
@@ -388,6 +444,10 @@ class RunSpec(BaseModel):
             params["training.max_windows_per_epoch"] = "all"
         if spec.execution.ray_address is None:  # where the run trained, when it was a Ray cluster
             del params["execution.ray_address"]
+        # the partitions' count and how series were assigned; the routing itself is in each candidate's
+        # partitions.csv and in the model (a group list of many series would pass MLflow's limit on a param)
+        params["partition.partitions"] = spec.partition.count
+        params["partition.partition_groups"] = "by hash" if spec.partition.partition_groups is None else "by groups"
         return params
 
     # --------------------------------------------------------------------------------------------- helpers

@@ -1,0 +1,239 @@
+"""Partitioned training: one global network per partition of the series, trained side by side, then combined.
+
+The train flow plans the partitions from the run spec (`plan_partitions_task`; models/partitions.py says how series
+are assigned), submits one `fit_partition_task` per (cell, partition) to its task runner, and hands each cell's
+fits to that cell's candidate task (tasks/candidate.py), which combines them (`combine_fits`) into one candidate:
+evaluated on every series' windows together, logged to the cell's MLflow child run and registered as one model.
+
+Each partition's fit sees only its own series' windows (`partition_windows`) and trains from seed + its partition
+number with its own generator, so its results are the same on every runner. With one partition there is nothing
+to plan: `partition_jobs` is empty and each candidate trains on every series itself, exactly as without partitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models.partitions import PartitionedForecaster, PartitionPlan, plan_partitions
+from tasks import runners
+from tasks.train import FitResult, TrainConfig, cpu_budget, fit_forecaster
+
+if TYPE_CHECKING:
+    from tasks.evaluate import Evaluation
+    from tasks.spec import PartitionSpec, RunSpec
+    from tasks.windowing import WindowedData
+
+
+@dataclass(frozen=True)
+class PartitionJob:
+    """One (cell, partition) fit: its training config (seed + partition number), its partition, its cores."""
+
+    config: TrainConfig
+    partition: int
+    name: str
+    cores: int | None = None  # its share of the cores; None (on Ray): what Ray gave it (`runners.worker_cores`)
+
+
+@dataclass
+class PartitionFit:
+    """A partition's trained network with every epoch record its fit reported (per scaling with "auto"), and where
+    and when it trained."""
+
+    partition: int
+    name: str
+    fit: FitResult
+    epochs: list[dict[str, float]]  # what `fit_forecaster` passed to `on_epoch`, in order
+    series: int  # series in the partition
+    train_windows: int
+    val_windows: int
+    worker: dict[str, str]  # `runners.worker_identity()`
+    started: float  # wall clock (time.time()) when the task began and ended
+    finished: float
+
+
+@dataclass(frozen=True)
+class CellPartitions:
+    """One cell's partition fits, in partition order, with the plan that routes every series to one of them."""
+
+    plan: PartitionPlan
+    fits: list[PartitionFit]
+
+
+def partition_windows(data: WindowedData, members: np.ndarray) -> WindowedData:
+    """`data` with only the windows of the series where `members [S]` is True, in every part; the panel, scaled
+    values and scalers are shared, not copied (a window is its flat start, `WindowedData.window_index`)."""
+
+    def kept(starts: np.ndarray) -> np.ndarray:
+        series, _ = data.window_index(starts)
+        return starts[members[series]]
+
+    return dataclasses.replace(
+        data,
+        train_starts=kept(data.train_starts),
+        val_starts=kept(data.val_starts),
+        test_starts=kept(data.test_starts),
+    )
+
+
+def partition_jobs(spec: RunSpec, plan: PartitionPlan, cores: int | None) -> list[PartitionJob]:
+    """One job per (cell, partition) of a partitioned run, cells outermost; none with one partition (each candidate
+    then trains on every series itself)."""
+    if plan.count == 1:
+        return []
+    return [
+        PartitionJob(
+            config=spec.train_config(cell).model_copy(update={"seed": spec.training.seed + k}),
+            partition=k,
+            name=name,
+            cores=cores,
+        )
+        for cell in spec.model.cells
+        for k, name in enumerate(plan.names)
+    ]
+
+
+def fit_partition(job: PartitionJob, data: WindowedData, plan: PartitionPlan) -> PartitionFit:
+    """Train the job's network on its partition's windows alone, on its share of the cores."""
+    started = time.time()
+    worker = runners.worker_identity(on_ray=job.cores is None)
+    subset = partition_windows(data, plan.members(job.partition))
+    epochs: list[dict[str, float]] = []
+    with cpu_budget(job.cores or runners.worker_cores()):
+        fit = fit_forecaster(subset, job.config, epochs.append)
+    return PartitionFit(
+        partition=job.partition,
+        name=job.name,
+        fit=fit,
+        epochs=epochs,
+        series=int(plan.members(job.partition).sum()),
+        train_windows=len(subset.train_starts),
+        val_windows=len(subset.val_starts),
+        worker=worker,
+        started=started,
+        finished=time.time(),
+    )
+
+
+def fits_by_cell(plan: PartitionPlan, fits: Sequence[PartitionFit]) -> dict[str, CellPartitions]:
+    """Each cell's partition fits, in partition order; empty without fits (one partition)."""
+    cells: dict[str, list[PartitionFit]] = {}
+    for fit in fits:
+        cells.setdefault(fit.fit.train_config.cell, []).append(fit)
+    return {cell: CellPartitions(plan, sorted(found, key=lambda f: f.partition)) for cell, found in cells.items()}
+
+
+def combine_fits(partitions: CellPartitions, config: TrainConfig) -> FitResult:
+    """One candidate of a cell's partition networks (a `PartitionedForecaster` routing by the plan) with how
+    training went over all of them: `best_val_loss` is the combined model's validation loss (each partition's
+    weighted by its validation windows), `history` per epoch the same weighting over the partitions still training,
+    `seconds` their sum; `config` is the cell's (the run's seed), and the scaling "auto" kept is each network's."""
+    fits, plan = partitions.fits, partitions.plan
+    model = PartitionedForecaster([f.fit.model for f in fits], plan.routing(), plan.names, plan.by)
+    val = np.array([f.val_windows for f in fits], dtype=np.float64)
+    train = np.array([f.train_windows for f in fits], dtype=np.float64)
+    best = np.array([f.fit.best_val_loss for f in fits])
+    losses = [f.fit.extra.get("scaling_val_loss", {}) for f in fits]
+    extra: dict[str, object] = {"partitions": len(fits)}
+    if all(losses) and len({tuple(loss) for loss in losses}) == 1:  # "auto": each scaling's loss over all partitions
+        extra["scaling_val_loss"] = {s: float(np.average([loss[s] for loss in losses], weights=val)) for s in losses[0]}
+    seconds = sum(f.fit.seconds for f in fits)
+    budget = config.max_windows_per_epoch  # each partition's fit draws at most this many windows an epoch
+    per_epoch = [f.train_windows if budget is None else min(f.train_windows, budget) for f in fits]
+    seen = np.array([n * len(f.fit.history) for n, f in zip(per_epoch, fits, strict=True)], dtype=np.float64)
+    loop_seconds = seen / np.maximum([f.fit.windows_per_second for f in fits], 1e-9)  # training loops alone
+    return FitResult(
+        model=model,
+        config=model.config,
+        train_config=config,
+        history=_combined_history(fits, train, val),
+        best_epoch=max(f.fit.best_epoch for f in fits),
+        best_val_loss=float(np.average(best, weights=val)),
+        device=fits[0].fit.device,
+        windows_per_second=float(seen.sum() / max(loop_seconds.sum(), 1e-9)),
+        seconds=seconds,
+        stopped_early=all(f.fit.stopped_early for f in fits),
+        bf16=any(f.fit.bf16 for f in fits),
+        extra=extra,
+    )
+
+
+def _combined_history(fits: Sequence[PartitionFit], train: np.ndarray, val: np.ndarray) -> list[dict[str, float]]:
+    """Per epoch: the train and validation losses of the partitions still training at that epoch, weighted by their
+    windows; seconds summed; the learning rate averaged."""
+    history = []
+    for epoch in range(1, max(len(f.fit.history) for f in fits) + 1):
+        running = [k for k, f in enumerate(fits) if len(f.fit.history) >= epoch]
+        records = [fits[k].fit.history[epoch - 1] for k in running]
+        history.append(
+            {
+                "epoch": float(epoch),
+                "train_loss": float(np.average([r["train_loss"] for r in records], weights=train[running])),
+                "val_loss": float(np.average([r["val_loss"] for r in records], weights=val[running])),
+                "seconds": float(sum(r["seconds"] for r in records)),
+                "learning_rate": float(np.mean([r["learning_rate"] for r in records])),
+            }
+        )
+    return history
+
+
+def epoch_metrics(partitions: CellPartitions, combined: FitResult) -> dict[int, dict[str, float]]:
+    """MLflow metrics by epoch: the combined history under the plain names (`train_loss`, `val_loss`, ...), and
+    every partition's own records with `_p<k>` appended (`val_loss_last_p1` is partition 1's "last" try)."""
+    steps: dict[int, dict[str, float]] = {}
+    for record in combined.history:
+        steps.setdefault(int(record["epoch"]), {}).update({k: v for k, v in record.items() if k != "epoch"})
+    for fit in partitions.fits:
+        for record in fit.epochs:
+            named = {f"{k}_p{fit.partition}": v for k, v in record.items() if k != "epoch"}
+            steps.setdefault(int(record["epoch"]), {}).update(named)
+    return steps
+
+
+def partition_table(partitions: CellPartitions, evaluation: Evaluation) -> pd.DataFrame:
+    """One row per partition: its name, series and windows, how its network trained (scaling, best epoch and
+    validation loss, seconds, where and when), and its series' mean test MASE of the network alone and as served."""
+    fits, plan = partitions.fits, partitions.plan
+    model = evaluation.model.per_series.set_index("series_id")["mase"]
+    served = evaluation.served.per_series.set_index("series_id")["mase"]
+    partition = pd.Series(plan.index, index=plan.series_ids)
+    return pd.DataFrame(
+        {
+            "partition": [f.partition for f in fits],
+            "name": [f.name for f in fits],
+            "series": [f.series for f in fits],
+            "train_windows": [f.train_windows for f in fits],
+            "val_windows": [f.val_windows for f in fits],
+            "scaling": [f.fit.config.scaling for f in fits],
+            "best_epoch": [f.fit.best_epoch for f in fits],
+            "epochs": [len(f.fit.history) for f in fits],
+            "best_val_loss": [f.fit.best_val_loss for f in fits],
+            "train_seconds": [f.fit.seconds for f in fits],
+            "test_mase": [model[partition.reindex(model.index) == f.partition].mean() for f in fits],
+            "served_test_mase": [served[partition.reindex(served.index) == f.partition].mean() for f in fits],
+            "worker": [f.worker.get("seqcast.worker", "") for f in fits],
+            "started": pd.to_datetime([f.started for f in fits], unit="s", utc=True),
+            "finished": pd.to_datetime([f.finished for f in fits], unit="s", utc=True),
+        }
+    )
+
+
+@task(name="plan-partitions", cache_policy=NO_CACHE)
+def plan_partitions_task(spec: PartitionSpec, series_ids: list[str]) -> PartitionPlan:
+    """The partition of every series of the run (`models.partitions.plan_partitions`); not retried: bad settings
+    fail the same way again."""
+    return plan_partitions(series_ids, spec.partitions, spec.partition_groups)
+
+
+@task(name="fit-partition", task_run_name="fit-{job.config.cell}-{job.name}", cache_policy=NO_CACHE)
+def fit_partition_task(job: PartitionJob, data: WindowedData, plan: PartitionPlan) -> PartitionFit:
+    """Prefect wrapper of `fit_partition`; not retried (a diverged fit fails the same way again)."""
+    return fit_partition(job, data, plan)
