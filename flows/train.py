@@ -22,19 +22,20 @@ from prefect.client.schemas.objects import FlowRun, State
 
 from flows.console import quiet_worker_console
 from models.frequency import season_length
-from tasks import gate, partitions, registry, runners
+from tasks import gate, partitions, registry, runners, warm_start
 from tasks.candidate import CandidateJob, candidate_task
 from tasks.run_context import Trigger, resolve_run_context
 from tasks.settings import get_settings
 from tasks.spec import RunSpec
 from tasks.store import read_observations_task
+from tasks.train import TrainConfig
 from tasks.validate import validate_observations_task
 from tasks.windowing import make_windows_task, resolve_spec_task
 
 
 @dataclass
 class CandidateSummary:
-    cell: str
+    cell: str  # the candidate's name: its cell, or "<cell>-warm" for the champion continued (tasks/warm_start.py)
     run_id: str
     model_uri: str
     metrics: dict[str, float]
@@ -159,22 +160,31 @@ def train_flow(
     registry.log_training_data_task(parent_run_id, frame, data, runner, validation=[report.json_path, report.html_path])
     registry.log_params_task(parent_run_id, spec.mlflow_params())
 
-    # one task per candidate (train -> evaluate -> log to its child run), side by side on the flow's task runner
+    # one task per candidate (train -> evaluate -> log to its child run), side by side on the flow's task runner:
+    # each cell from scratch, and with `warm_start` the champion's network continued
     baseline_seasons = spec.evaluation.seasons or []
+    warm = warm_start.champion_start_task(model_name, data, spec) if spec.training.warm_start else None
+    starts: list[tuple[str, TrainConfig, warm_start.WarmStart | None]]
+    starts = [(cell, spec.train_config(cell), None) for cell in spec.model.cells]
+    if warm is not None:
+        starts.append((warm.name, warm.config, warm))
     jobs = [
         CandidateJob(
-            config=spec.train_config(cell),
+            config=config,
             tracking_uri=settings.tracking_uri,
             experiment_id=experiment_id,
             parent_run_id=parent_run_id,
-            run_name=f"{cell} {context.as_of:%Y-%m-%d %H:%M}",  # cell and night: charts across nights read well
-            tags={**run_tags, "seqcast.cell": cell},
+            run_name=f"{name} {context.as_of:%Y-%m-%d %H:%M}",  # name and night: charts across nights read well
+            tags={**run_tags, "seqcast.cell": config.cell}
+            | ({} if start is None else {"seqcast.warm_start_from": f"v{start.version}"}),
             level=spec.evaluation.interval_level,
             season=season,
             baseline_seasons=baseline_seasons,
-            cores=runners.cores_per_task(len(spec.model.cells)),
+            cores=runners.cores_per_task(len(starts)),
+            name=name,
+            initial_state=None if start is None else start.state,
         )
-        for cell in spec.model.cells
+        for name, config, start in starts
     ]
     # a partitioned run trains each (cell, partition) network first, side by side; the candidates combine them
     fit_jobs = partitions.partition_jobs(spec, plan, runners.cores_per_task(len(spec.model.cells) * plan.count))
@@ -182,10 +192,10 @@ def train_flow(
         fit_futures = [partitions.fit_partition_task.submit(fit_job, data, plan) for fit_job in fit_jobs]
     trained = partitions.fits_by_cell(plan, runners.results_in_order(fit_futures))
     with runners.training_resources():
-        futures = [candidate_task.submit(job, data, frame, trained.get(job.config.cell)) for job in jobs]
+        futures = [candidate_task.submit(job, data, frame, trained.get(job.candidate)) for job in jobs]
     results = runners.results_in_order(futures)  # all finished, in the cells' order
-    evaluations = {r.cell: r.evaluation for r in results}
-    candidates = [CandidateSummary(r.cell, r.run_id, r.model_uri, r.evaluation.metrics()) for r in results]
+    evaluations = {r.name: r.evaluation for r in results}
+    candidates = [CandidateSummary(r.name, r.run_id, r.model_uri, r.evaluation.metrics()) for r in results]
 
     best = candidates[list(evaluations).index(gate.best_candidate(evaluations))]
     champion = gate.score_champion_task(model_name, data, season, baseline_seasons)

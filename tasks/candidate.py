@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from prefect import task
@@ -43,13 +43,20 @@ class CandidateJob:
     season: int  # MASE's season
     baseline_seasons: list[int] = field(default_factory=list)
     cores: int | None = None  # its share of the cores; None (on Ray): what Ray gave it (`runners.worker_cores`)
+    name: str | None = None  # the candidate's name when it is not its cell's ("gru-warm")
+    initial_state: dict[str, Any] | None = None  # weights to start from (a warm start, tasks/warm_start.py)
+
+    @property
+    def candidate(self) -> str:
+        """The candidate's name in the run: its cell, or `name`."""
+        return self.name or self.config.cell
 
 
 @dataclass
 class CandidateResult:
     """A logged candidate: its run, model and test evaluation, and where and when it trained."""
 
-    cell: str
+    name: str  # its cell, or "<cell>-warm" (`CandidateJob.candidate`)
     run_id: str
     model_uri: str
     evaluation: evaluate.Evaluation
@@ -77,7 +84,7 @@ def run_candidate(
         registry.end_run_task(run_id, failed=True)
         raise
     registry.end_run_task(run_id)
-    return CandidateResult(job.config.cell, run_id, model_uri, scores, worker, started, time.time())
+    return CandidateResult(job.candidate, run_id, model_uri, scores, worker, started, time.time())
 
 
 def _train_and_log(
@@ -129,14 +136,14 @@ def _fit(job: CandidateJob, run_id: str, data: WindowedData, trained: partitions
     """The candidate's network: trained here on every series, or its partitions' networks combined (their epochs
     logged to the run, step = epoch)."""
     if trained is None:
-        return train_candidate_task(data, job.config, registry.epoch_logger(run_id))
+        return train_candidate_task(data, job.config, registry.epoch_logger(run_id), job.initial_state)
     fit = partitions.combine_fits(trained, job.config)
     for epoch, metrics in sorted(partitions.epoch_metrics(trained, fit).items()):
         registry.log_metrics(run_id, metrics, step=epoch)
     return fit
 
 
-@task(name="make-candidate", task_run_name="make-candidate-{job.config.cell}", cache_policy=NO_CACHE)
+@task(name="make-candidate", task_run_name="make-candidate-{job.candidate}", cache_policy=NO_CACHE)
 def candidate_task(
     job: CandidateJob, data: WindowedData, frame: pd.DataFrame, trained: partitions.CellPartitions | None = None
 ) -> CandidateResult:

@@ -150,6 +150,18 @@ class TrainingSpec(_Part):
         "of the fixed sample of validation windows that early stopping watches: a nightly budget that does not "
         "grow with the number of series. Default: every window, every epoch.",
     )
+    warm_start: bool = Field(
+        default=False,
+        description="Also fine-tune the champion's network on this run's windows, as one more candidate beside the "
+        "cells trained from scratch (same windows, same gate): warm_start_epochs at a fifth of the learning rate. "
+        "Skipped, with the reason logged, when there is no champion or its window, frequency or partitions differ.",
+    )
+    warm_start_epochs: int = Field(
+        default=10,
+        ge=1,
+        le=100_000,
+        description="Most epochs of the warm-started candidate (early stopping may stop it sooner).",
+    )
 
 
 class EvaluationSpec(_Part):

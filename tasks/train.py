@@ -285,8 +285,16 @@ def _diverged(loss: float, limit: float) -> bool:
     return not math.isfinite(loss) or loss > limit
 
 
-def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
+def fit_forecaster(
+    data: WindowedData,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> FitResult:
     """Train a forecaster on `data.train_starts`, early-stopping on `data.val_starts`; returns it on CPU.
+
+    `initial_state`: start from these weights (a warm start from the champion's network, tasks/warm_start.py)
+    instead of seeded random ones; the config must then name the network's own concrete scaling and shape.
 
     `on_epoch(record)` is called after every epoch with {epoch, train_loss, val_loss, seconds, learning_rate}
     (e.g. `tasks.registry.epoch_logger(run_id)` logs them to MLflow); each epoch is also a DEBUG log line and a
@@ -294,6 +302,10 @@ def fit_forecaster(data: WindowedData, config: TrainConfig, on_epoch: EpochCallb
     and one when it ends. Raises `TrainingDivergedError` on a NaN, infinite or exploding loss. With scaling "auto"
     see `fit_auto_scaling`.
     """
+    if initial_state is not None:
+        if config.scaling == "auto":
+            raise ValueError("a warm start continues one network: give its concrete scaling, not 'auto'")
+        return _fit(data, config, on_epoch, initial_state=initial_state)
     if config.scaling == "auto":
         return fit_auto_scaling(data, config, on_epoch)
     return _fit(data, config, on_epoch)
@@ -365,7 +377,11 @@ def _outcome(fit: FitResult) -> str:
 
 
 def _fit(
-    data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None, level: int = logging.INFO
+    data: WindowedData,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    level: int = logging.INFO,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
     """One network with one concrete scaling (see `fit_forecaster`); its first and last log lines at `level`.
 
@@ -374,11 +390,17 @@ def _fit(
     they wait; results stay those of a serial run."""
     if config.dropout > 0.0:
         with _INIT_LOCK:
-            return _fit_one(data, config, on_epoch, level)
-    return _fit_one(data, config, on_epoch, level)
+            return _fit_one(data, config, on_epoch, level, initial_state)
+    return _fit_one(data, config, on_epoch, level, initial_state)
 
 
-def _fit_one(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None, level: int) -> FitResult:
+def _fit_one(
+    data: WindowedData,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None,
+    level: int,
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> FitResult:
     if len(data.train_starts) == 0:
         raise ValueError("no training windows; the series are too short for lookback + horizon")
     if len(data.val_starts) == 0:
@@ -390,6 +412,8 @@ def _fit_one(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | 
         with _INIT_LOCK, torch.random.fork_rng(devices=[]):  # seeded init, safe beside a fit in another thread
             torch.manual_seed(config.seed)
             model = RecurrentForecaster(config.forecaster_config(lookback, horizon))
+        if initial_state is not None:
+            model.load_state_dict(initial_state)  # raises when the shapes differ from the config's
         model = model.to(device)
         if config.dropout > 0.0:
             torch.manual_seed(config.seed)  # dropout masks draw from the global generator
@@ -558,6 +582,11 @@ def _fit_one(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | 
 
 
 @task(name="train-candidate", cache_policy=NO_CACHE, task_run_name="train-{config.cell}")
-def train_candidate_task(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
+def train_candidate_task(
+    data: WindowedData,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> FitResult:
     """Prefect wrapper of `fit_forecaster`; not retried (a diverged or bad run fails the same way again)."""
-    return fit_forecaster(data, config, on_epoch)
+    return fit_forecaster(data, config, on_epoch, initial_state)

@@ -121,10 +121,10 @@ def test_a_training_failure_marks_its_mlflow_runs_failed_and_registers_nothing(
 
     real_fit = tasks.train.fit_forecaster
 
-    def diverge_on_gru(data, config, on_epoch=None):  # type: ignore[no-untyped-def]
+    def diverge_on_gru(data, config, on_epoch=None, initial_state=None):  # type: ignore[no-untyped-def]
         if config.cell == "gru":
             raise tasks.train.TrainingDivergedError("gru training diverged at epoch 1: train loss nan")
-        return real_fit(data, config, on_epoch)
+        return real_fit(data, config, on_epoch, initial_state)
 
     monkeypatch.setattr(tasks.train, "fit_forecaster", diverge_on_gru)
     store.upsert_observations(store.get_engine(db_url), _electricity())
