@@ -348,6 +348,104 @@ def train_command(ctx: click.Context, series: tuple[str, ...], as_of: Any, **_: 
     _print_training(summary)
 
 
+@cli.command("tune", cls=SpecCommand, short_help="Search the network and training settings; save the best spec.")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Trials to run, added to the study's earlier ones (default: 20, or no limit with --minutes).",
+)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="M",
+    help="Start no trial after M minutes; the running ones finish or are pruned (default: no limit).",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Trials side by side (default: what the task runner runs at once: the cores, or the Ray cluster's CPUs).",
+)
+@click.option(
+    "--trial-epochs",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Most epochs of each trial (default: --epochs); the saved spec keeps --epochs.",
+)
+@click.option("--series", multiple=True, metavar="ID", help="Tune on these series only (repeatable; default all).")
+@click.option("--as-of", type=_DATETIME, metavar="TIME", help=AS_OF_HELP)
+@click.pass_context
+def tune_command(
+    ctx: click.Context,
+    trials: int | None,
+    minutes: float | None,
+    parallel: int | None,
+    trial_epochs: int | None,
+    series: tuple[str, ...],
+    as_of: Any,
+    **_: Any,
+) -> None:
+    """Search lookback, cell, hidden size, layers, dropout, scaling, learning rate and batch size on the validation
+    windows (Optuna: TPE, median pruning), each trial an MLflow child run; save the best spec in the database, where
+    the nightly training takes it (`seqcast deploy`, and the nightly deployment's parameters when it is deployed).
+
+    The spec's options are where every trial starts; the study (`seqcast-tune-<model>`) keeps its trials, so running
+    it again adds to them.
+    """
+    spec = _run_spec(ctx)
+    from tasks.tune import TuneBudget
+
+    budget = TuneBudget(trials=trials, minutes=minutes, parallel=parallel, trial_epochs=trial_epochs)
+    _require_observations(list(series) or None)
+    from flows.tune import tune_flow
+    from tasks.runners import task_runner_for
+
+    with _flow_console():
+        flow = tune_flow.with_options(task_runner=task_runner_for(spec))  # --task-runner, --ray-address
+        summary = flow(spec=spec, budget=budget, series=list(series) or None, as_of=as_of)
+    _print_tuning(summary)
+
+
+def _print_tuning(summary: Any, limit: int = 10) -> None:
+    """The best trials of the study, the best spec's tuned settings, and where it went."""
+    import json
+
+    from tasks.tune_report import TRIAL_COLUMNS, shown
+
+    counts = summary.this_run
+    click.echo(
+        f"tuned {summary.study_name}: {sum(counts.values())} trials this run ({counts['COMPLETE']} complete, "
+        f"{counts['PRUNED']} pruned, {counts['FAIL']} failed) in {summary.seconds:.0f} s; the study holds "
+        f"{len(summary.trials)} finished trials ({summary.storage})"
+    )
+    rows = [[shown(row[c]) for c in TRIAL_COLUMNS] for row in summary.trials[:limit]]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(TRIAL_COLUMNS)]
+    click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(TRIAL_COLUMNS, widths, strict=True)).rstrip())
+    for r in rows:
+        click.echo("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    if len(summary.trials) > limit:
+        click.echo(f"  ... and {len(summary.trials) - limit} more trials (all of them in the study)")
+    click.echo("  (val MASE: mean over series of the validation windows' MAE / the in-sample seasonal-naive MAE)")
+    if summary.best_trial is None:
+        click.echo("no trial has completed yet, so no spec was saved; run more trials (or more --trial-epochs)")
+    else:
+        click.echo(
+            f"best trial {summary.best_trial} (validation MASE {summary.best_value:.4f}), its spec saved in the study; "
+            f"{summary.nightly}"
+        )
+        settings = " ".join(
+            f"{name}={'/'.join(map(str, value)) if isinstance(value, list) else shown(value)}"
+            for name, value in summary.best_settings.items()
+        )
+        click.echo(f"best spec: {settings}")
+    click.echo(f"best spec (JSON): {json.dumps(summary.best_spec)}")
+    if summary.run_url:
+        click.echo(f"  MLflow: {summary.run_url}")
+    else:
+        click.echo(f"  MLflow: tuning run {summary.parent_run_id} (experiment {summary.experiment_id})")
+
+
 def _require_observations(series: list[str] | None) -> None:
     """Fail at once, before Prefect starts, when the store holds no observations (of these series) to train on."""
     from models.errors import SeqcastError

@@ -1,7 +1,9 @@
 """Register seqcast's four deployments and its retraining automation with a Prefect API, on a process work pool that
 runs the local code.
 
-- `seqcast-train/nightly-retrain`: retrains every night (02:00 by default), one run at a time (later ones wait).
+- `seqcast-train/nightly-retrain`: retrains every night (02:00 by default), one run at a time (later ones wait); with
+  the best run spec `seqcast tune` saved for the registered model as its `spec`, when there is one
+  (`with_tuned_spec`; `seqcast tune` also updates this parameter of a deployed one, `update_nightly_spec`).
 - `seqcast-forecast/nightly-forecast`: writes the champion's forecasts after training (03:00 by default).
 - `seqcast-backfill/on-demand`: no schedule; started from the dashboard with a date range.
 - `seqcast-monitor/nightly-monitor`: scores the forecasts whose actuals arrived and compares them with the model's
@@ -330,12 +332,13 @@ def deploy_all(
     with settings:
         _check_api()
         # Build every deployment before registering anything, so a broken entrypoint leaves the server as it was.
+        specs = [with_tuned_spec(spec) if spec.full_name == TRAIN_DEPLOYMENT else spec for spec in DEPLOYMENTS]
         built = [
             (
                 spec,
                 build_deployment(spec, project, work_pool, crons[spec.schedule] if spec.schedule else None, timezone),
             )
-            for spec in DEPLOYMENTS
+            for spec in specs
         ]
         ensure_work_pool(work_pool)
         ids = {
@@ -349,6 +352,60 @@ def deploy_all(
 
 
 TRAIN_DEPLOYMENT = DEPLOYMENTS[0].full_name  # what the retraining automation runs: seqcast-train/nightly-retrain
+
+
+def tuned_spec() -> tuple[dict[str, Any], str] | None:
+    """The best run spec `seqcast tune` saved for the registered model (SEQCAST_REGISTERED_MODEL) in the seqcast
+    database (SEQCAST_DATABASE_URL), as the train flow's `spec` parameter, with a line saying where it came from;
+    None when nothing was tuned. A database that cannot be read is a DeployError: deploying would drop the spec."""
+    from tasks.settings import get_settings
+    from tasks.tune_study import StudyUnavailableError, load_best_spec, study_name
+
+    settings = get_settings()
+    # the database URL without creating SEQCAST_HOME (`settings.db_url` would): nothing tuned, nothing to create
+    url = (
+        settings.database_url.get_secret_value()
+        if settings.database_url is not None
+        else f"sqlite:///{settings.home.expanduser().resolve() / 'seqcast.db'}"
+    )
+    try:
+        found = load_best_spec(url, settings.registered_model)
+    except StudyUnavailableError as exc:
+        raise DeployError(f"{exc}; the nightly training would lose its tuned spec") from None
+    if found is None:
+        return None
+    spec, trial, value = found
+    origin = f"spec of trial {trial} of study {study_name(settings.registered_model)} (validation MASE {value:.4f})"
+    return spec.model_dump(mode="json"), origin
+
+
+def with_tuned_spec(spec: DeploymentSpec) -> DeploymentSpec:
+    """The nightly training deployment with the tuned spec as its `spec` parameter, when `seqcast tune` saved one
+    (the run spec's defaults otherwise)."""
+    import dataclasses
+
+    found = tuned_spec()
+    if found is None:
+        return spec
+    parameters, origin = found
+    print(f"{spec.full_name}: {origin}")
+    return dataclasses.replace(spec, parameters={**spec.parameters, "spec": parameters})
+
+
+def update_nightly_spec(spec: dict[str, Any]) -> str | None:
+    """Set the `spec` parameter of the nightly training deployment on the Prefect API in use, keeping its other
+    parameters; returns its id, or None when it is not deployed there."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(TRAIN_DEPLOYMENT)
+        except ObjectNotFound:
+            return None
+        client.update_deployment(found.id, DeploymentUpdate(parameters={**(found.parameters or {}), "spec": spec}))
+        return str(found.id)
 
 
 def retire_former_deployments() -> list[tuple[str, str]]:

@@ -48,7 +48,7 @@ from typing import Any, cast
 IDLE_ENV = "SEQCAST_WARM_IDLE"
 DEFAULT_IDLE = 600.0  # seconds; a working session's commands are minutes apart, a night's are hours apart
 # the commands whose cost is mostly imports and Prefect's start; the others answer fast without a server
-WARM_COMMANDS = frozenset({"ingest", "train", "forecast", "backfill", "monitor", "demo"})
+WARM_COMMANDS = frozenset({"ingest", "train", "tune", "forecast", "backfill", "monitor", "demo"})
 # Environment every command sets unless given (before torch and mlflow are imported, which read them):
 COMMAND_ENV_DEFAULTS = {
     # Prefect's temporary local server would otherwise try to send usage analytics on every command.
@@ -67,6 +67,7 @@ WARM_MODULES = (
     "flows.cli",
     "flows.console",
     "flows.train",
+    "flows.tune",
     "flows.forecast",
     "flows.backfill",
     "flows.monitor",
