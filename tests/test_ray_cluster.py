@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from forecast_setup import TINY_REGISTERED
+from forecast_setup import TINY_REGISTERED, synthetic_frame
 from forecast_setup import electricity as _electricity
 
 from deployments.commands import ray_head, ray_worker
@@ -117,3 +117,48 @@ def test_candidates_train_on_ray_workers_with_the_results_of_a_local_run(
     assert first.config == second.config and first.fallback == second.fallback
     weights, again = first.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(weights[name], again[name]) for name in weights)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_partitions_and_tuning_trials_run_as_ray_tasks(ray_cluster: str, train_env: str, db_url: str) -> None:
+    """Two partitions train as Ray tasks, with the weights of a local partitioned run; tuning trials run in Ray
+    workers too and report to the one study in the project database."""
+    import mlflow
+    import optuna
+    import pandas as pd
+
+    from flows.train import train_flow
+    from flows.tune import tune_flow
+    from tasks.tune import TuneBudget
+    from tasks.tune_study import study_name
+
+    store.upsert_observations(store.get_engine(db_url), synthetic_frame(["a", "b", "c", "d", "e"]))
+    base = {
+        **TINY_REGISTERED.model_dump(),
+        "model": {**TINY_REGISTERED.model.model_dump(), "cells": ["lstm"]},
+        "partition": {"partitions": 2},
+    }
+    local_spec = RunSpec.model_validate({**base, "execution": {"task_runner": "threads"}})
+    ray_spec = RunSpec.model_validate({**base, "execution": {"ray_address": ray_cluster}})
+    local = train_flow.with_options(task_runner=runners.task_runner_for(local_spec))(local_spec)
+    on_ray = train_flow.with_options(task_runner=runners.task_runner_for(ray_spec))(ray_spec)
+
+    (child,) = _children(on_ray).values()
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path="partitions.csv"))
+    pids = {int(worker.split()[0].rsplit(":", 1)[1]) for worker in table["worker"]}
+    assert len(table) == 2 and os.getpid() not in pids, f"the partitions trained in the test's process: {pids}"
+    assert [c.metrics for c in on_ray.candidates] == [c.metrics for c in local.candidates]
+    assert local.version is not None and on_ray.version is not None
+    first, second = (registry.load_version(train_env, s.version) for s in (local, on_ray))
+    weights, again = first.model.state_dict(), second.model.state_dict()
+    assert weights.keys() == again.keys() and all(torch.equal(weights[name], again[name]) for name in weights)
+
+    tuned = tune_flow.with_options(task_runner=runners.task_runner_for(ray_spec))(
+        spec=ray_spec, budget=TuneBudget(trials=2, parallel=2, trial_epochs=1)
+    )
+    trials = registry.get_client().search_runs(
+        [tuned.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tuned.parent_run_id}'"
+    )
+    assert len(trials) == 2 and all(run.data.tags.get("seqcast.ray_node") for run in trials)
+    study = optuna.load_study(study_name=study_name(train_env), storage=db_url)
+    assert len(study.trials) == 2 and all(t.state.is_finished() for t in study.trials)
