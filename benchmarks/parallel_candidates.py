@@ -29,19 +29,23 @@ from typing import Any
 RUNNERS = ("serial", "threads")
 
 
-def _spec(runner: str, epochs: int | None, address: str | None = None) -> Any:
+def _spec(runner: str, epochs: int | None, address: str | None = None, scaling: str | None = None) -> Any:
     from tasks.spec import RunSpec
 
     training = {} if epochs is None else {"max_epochs": epochs}
-    return RunSpec.model_validate({"training": training, "execution": {"task_runner": runner, "ray_address": address}})
+    model = {} if scaling is None else {"scaling": scaling}
+    execution = {"task_runner": runner, "ray_address": address}
+    return RunSpec.model_validate({"training": training, "model": model, "execution": execution})
 
 
-def time_train(runner: str, epochs: int | None, address: str | None = None) -> tuple[float, Any]:
+def time_train(
+    runner: str, epochs: int | None, address: str | None = None, scaling: str | None = None
+) -> tuple[float, Any]:
     """Wall seconds of one train flow run with `runner`, and its summary."""
     from flows.train import train_flow
     from tasks.runners import task_runner_for
 
-    spec = _spec(runner, epochs, address)
+    spec = _spec(runner, epochs, address, scaling)
     started = time.perf_counter()
     summary = train_flow.with_options(task_runner=task_runner_for(spec))(spec)
     return time.perf_counter() - started, summary
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: the spec's, as the demo)")
     parser.add_argument("--ray", default=None, help="a Ray address, or `local` for a two-node cluster here")
+    parser.add_argument("--scaling", default=None, help="one scaling for every candidate (default: the spec's, auto)")
     args = parser.parse_args(argv)
 
     from prefect.testing.utilities import prefect_test_harness
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ingest("sample:electricity", save_report=False)
         walls, summaries = {}, {}
         for runner in RUNNERS:
-            walls[runner], summaries[runner] = time_train(runner, args.epochs)
+            walls[runner], summaries[runner] = time_train(runner, args.epochs, scaling=args.scaling)
             print(f"{runner:>8}: {walls[runner]:6.1f} s wall", flush=True)
         print(f"threads / serial: {walls['threads'] / walls['serial']:.2f} on {machine_cores()} cores")
         same = [c.metrics for c in summaries["threads"].candidates] == [
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 with local_ray_cluster(ray_dir) if args.ray == "local" else contextlib.nullcontext(args.ray) as address:
                     first, next_ones = ray_task_overhead(address)
                     print(f"Ray no-op task: first {first:.2f} s (fresh worker), then {next_ones:.3f} s each")
-                    wall, summary = time_train("ray", args.epochs, address)
+                    wall, summary = time_train("ray", args.epochs, address, args.scaling)
                     equal = [c.metrics for c in summary.candidates] == [
                         c.metrics for c in summaries["serial"].candidates
                     ]
