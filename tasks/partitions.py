@@ -233,7 +233,7 @@ def plan_partitions_task(spec: PartitionSpec, series_ids: list[str]) -> Partitio
     return plan_partitions(series_ids, spec.partitions, spec.partition_groups)
 
 
-@task(name="fit-partition", task_run_name="fit-{job.config.cell}-{job.name}", cache_policy=NO_CACHE)
+@task(name="train-partition", task_run_name="train-{job.config.cell}-{job.name}", cache_policy=NO_CACHE)
 def fit_partition_task(job: PartitionJob, data: WindowedData, plan: PartitionPlan) -> PartitionFit:
     """Prefect wrapper of `fit_partition`; not retried (a diverged fit fails the same way again)."""
     return fit_partition(job, data, plan)

@@ -661,6 +661,7 @@ def candidate_params(fit: FitResult, data: WindowedData) -> dict[str, Any]:
         "device": fit.device,
         "num_threads": threads,
         "grad_clip": "off" if config.grad_clip is None else config.grad_clip,
+        "max_windows_per_epoch": config.max_windows_per_epoch or "all",
     }
     window = data.config.model_dump()
     test_sizes, val_sizes = data.config.part_sizes(data.panel.lengths)

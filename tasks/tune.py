@@ -476,7 +476,7 @@ def _outcome(
     )
 
 
-@task(name="tune-trial", task_run_name="trial-{job.number}", cache_policy=NO_CACHE)
+@task(name="train-trial", task_run_name="train-trial-{job.number}", cache_policy=NO_CACHE)
 def trial_task(job: TrialJob, frame: pd.DataFrame) -> TrialOutcome:
     """Prefect wrapper of `run_trial`; not retried (a trial that failed is told to the study as failed)."""
     return run_trial(job, frame)

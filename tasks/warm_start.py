@@ -84,7 +84,7 @@ def champion_start(model_name: str, data: WindowedData, spec: RunSpec) -> tuple[
     return WarmStart(str(version.version), config, state), f"from champion v{version.version}"
 
 
-@task(name="warm-start", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="load-warm-start", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def champion_start_task(model_name: str, data: WindowedData, spec: RunSpec) -> WarmStart | None:
     """`champion_start`, its outcome logged: which champion the warm candidate continues, or why there is none."""
     start, why = champion_start(model_name, data, spec)
