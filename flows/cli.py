@@ -430,10 +430,13 @@ def _print_tuning(summary: Any, limit: int = 10) -> None:
     if summary.best_trial is None:
         click.echo("no trial has completed yet, so no spec was saved; run more trials (or more --trial-epochs)")
     else:
-        click.echo(
-            f"best trial {summary.best_trial} (validation MASE {summary.best_value:.4f}), its spec saved in the study; "
-            f"{summary.nightly}"
-        )
+        if summary.kept_defaults:
+            saved = f"the spec's own settings kept (their best trial {summary.best_trial}, validation MASE "
+            saved += f"{summary.best_value:.4f}) and saved in the study: {summary.decision}"
+        else:
+            saved = f"best trial {summary.best_trial} (validation MASE {summary.best_value:.4f}), its spec saved in "
+            saved += f"the study ({summary.decision})" if summary.decision else "the study"
+        click.echo(f"{saved}; {summary.nightly}")
         settings = " ".join(
             f"{name}={'/'.join(map(str, value)) if isinstance(value, list) else shown(value)}"
             for name, value in summary.best_settings.items()

@@ -151,7 +151,7 @@ def tune_flow(
     best = save_best_spec(study)
     nightly = "no spec to deploy yet"
     if best is not None:
-        nightly = update_nightly_spec_task(best[0].model_dump(mode="json"))
+        nightly = update_nightly_spec_task(best.spec.model_dump(mode="json"))
     summary = TuneSummary(
         study_name=name,
         storage=storage,
@@ -161,10 +161,12 @@ def tune_flow(
         as_of=context.as_of.isoformat(),
         trials=trial_rows(study),
         this_run={state: sum(o.state == state for o in outcomes) for state in ("COMPLETE", "PRUNED", "FAIL")},
-        best_spec=None if best is None else best[0].model_dump(mode="json"),
-        best_trial=None if best is None else best[1],
-        best_value=None if best is None else best[2],
-        best_settings={} if best is None else tuned_settings(best[0]),
+        best_spec=None if best is None else best.spec.model_dump(mode="json"),
+        best_trial=None if best is None else best.trial,
+        best_value=None if best is None else best.value,
+        best_settings={} if best is None else tuned_settings(best.spec),
+        kept_defaults=best is not None and best.kept_defaults,
+        decision="" if best is None else best.decision,
         nightly=nightly,
         run_url=registry.run_url(settings.tracking_uri, experiment_id, parent_run_id),
         seconds=time.perf_counter() - started,

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 TrialState = Literal["COMPLETE", "PRUNED", "FAIL"]
 DEFAULT_TRIALS = 20
+START_POINT_ATTR = "start_point"  # user attribute of the trials that are the spec's own settings
+WINDOW_MASE_ATTR = "val_window_mase"  # user attribute: a complete trial's MASE on each validation window
+SWITCH_ALPHA = 0.05  # the one-sided sign test's level a trial must reach to replace the spec's own settings
 
 
 class TuneError(SeqcastError, ValueError):
@@ -250,15 +253,26 @@ def starting_points(spec: RunSpec, space: SearchSpace) -> list[dict[str, Any]]:
     return points
 
 
+def is_start_point(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial is one of the spec's own settings (`start_from_spec`)."""
+    return bool(trial.user_attrs.get(START_POINT_ATTR))
+
+
 def start_from_spec(study: optuna.Study, spec: RunSpec, space: SearchSpace) -> int:
     """On a study with no trials yet, queue the spec's own settings (`starting_points`) as its first trials: the
     search starts from what trains now, so its best is at least as good on validation as those settings trained
     for the trials' epochs. Returns the trials queued."""
     if study.get_trials(deepcopy=False):
         return 0
+    from tasks.spec import ExecutionSpec
+    from tasks.tune_study import START_SPEC_ATTR
+
     points = starting_points(spec, space)
     for point in points:
-        study.enqueue_trial(point, skip_if_exists=True)
+        study.enqueue_trial(point, user_attrs={START_POINT_ATTR: True}, skip_if_exists=True)
+    study.set_user_attr(
+        START_SPEC_ATTR, with_settings(spec, execution=ExecutionSpec().model_dump()).model_dump(mode="json")
+    )
     return len(points)
 
 
@@ -326,6 +340,7 @@ class TrialOutcome:
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     interrupted: bool = False
+    window_mase: list[float] | None = None  # complete trials: MASE of each validation window (`validation_scores`)
 
 
 def make_pruner(startup_trials: int, warmup_epochs: int) -> optuna.pruners.BasePruner:
@@ -381,14 +396,71 @@ def naive_validation_loss(data: WindowedData, loss: str, huber_delta: float = 1.
 
 def validation_mase(fit: FitResult, data: WindowedData, season: int) -> float:
     """Mean per-series MASE of a fitted network on the validation windows, forecast as serving would."""
+    return validation_scores(fit, data, season)[0]
+
+
+def validation_scores(fit: FitResult, data: WindowedData, season: int) -> tuple[float, list[float]]:
+    """Mean per-series MASE of a fitted network on the validation windows, forecast as serving would, and each
+    window's own MASE (its MAE / its series' scale), in the order of `data.val_starts`: the same targets for every
+    lookback, so two trials on the same data pair window by window (`clearly_better`)."""
     from models.packaging import forecast_origins
-    from tasks.evaluate import candidate_forecaster, score_forecasts
+    from tasks.evaluate import candidate_forecaster
 
     forecasts = forecast_origins(candidate_forecaster(fit, data), data.panel, *data.window_index(data.val_starts))
-    scores = score_forecasts(
-        data.panel, data.val_starts, forecasts, data.lookback, data.horizon, season, data.splits.train_end
+    return window_scores(data, season, forecasts)
+
+
+def window_scores(data: WindowedData, season: int, forecasts: np.ndarray) -> tuple[float, list[float]]:
+    """`validation_scores` of forecasts `[N_val, H]` of the validation windows."""
+    from tasks.evaluate import mase_scales, score_forecasts, target_values
+
+    starts = np.asarray(data.val_starts, dtype=np.int64)
+    train_end = data.splits.train_end
+    scores = score_forecasts(data.panel, starts, forecasts, data.lookback, data.horizon, season, train_end)
+    actual = target_values(data.panel.values, starts, data.lookback, data.horizon)
+    scale = mase_scales(data.panel, train_end, season)[data.panel.series_of(starts)]
+    per_window = np.abs(actual - np.asarray(forecasts, dtype=np.float64)).mean(axis=1) / scale
+    return float(scores.overall["mase"]), [float(v) for v in per_window]
+
+
+@dataclass(frozen=True)
+class SwitchTest:
+    """Whether a trial is clearly better than the spec's own settings on the validation windows (`clearly_better`)."""
+
+    switch: bool
+    wins: int  # windows where the trial's error is lower
+    losses: int  # windows where it is higher
+    p_value: float  # one-sided sign test: P(at least `wins` of wins + losses | no difference)
+    reason: str
+
+
+def clearly_better(
+    candidate: list[float], reference: list[float], alpha: float = SWITCH_ALPHA, compared: int = 1
+) -> SwitchTest:
+    """A paired, one-sided sign test over the validation windows: does `candidate` (a trial's MASE per window) beat
+    `reference` (the spec's own settings') on more windows than chance would give? It switches only when its mean is
+    lower too and P(at least that many wins | each window a coin flip) <= `alpha` / `compared`, `compared` being the
+    sampled trials the candidate was chosen from as the best (Bonferroni: the best of many is better than the
+    reference on the same windows by chance more often than one trial is). With few windows this cannot happen (4
+    windows: at best p = 1/16), which is the point: a small validation part cannot tell close settings apart, so
+    the defaults stay. Windows of unequal count (the data grew between trials) are not compared: no switch."""
+    if len(candidate) != len(reference) or not candidate:
+        return SwitchTest(False, 0, 0, 1.0, "the trials were scored on different validation windows")
+    diff = np.asarray(reference, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
+    if not np.isfinite(diff).all():
+        return SwitchTest(False, 0, 0, 1.0, "a validation window has no finite error")
+    wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
+    n = wins + losses
+    p_value = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+    level = alpha / max(compared, 1)
+    switch = bool(diff.mean() > 0 and p_value <= level)
+    verdict = "clearly better" if switch else "not clearly better"
+    reason = (
+        f"{verdict} than the spec's own settings: lower error on {wins} of {len(diff)} validation windows, higher "
+        f"on {losses} (sign test p = {p_value:.3g}; switching at p <= {alpha:g} / {max(compared, 1)} trials "
+        f"= {level:.3g})"
     )
-    return float(scores.overall["mase"])
+    return SwitchTest(switch, wins, losses, p_value, reason)
 
 
 def run_trial(job: TrialJob, frame: pd.DataFrame) -> TrialOutcome:
@@ -434,12 +506,12 @@ def run_trial(job: TrialJob, frame: pd.DataFrame) -> TrialOutcome:
 
         with cpu_budget(job.cores or runners.worker_cores()):
             fit = fit_forecaster(data, config, on_epoch)
-            value = validation_mase(fit, data, season_length(data.freq))
+            value, per_window = validation_scores(fit, data, season_length(data.freq))
         registry.log_metrics(run_id, {"val_mase": value, "best_epoch": fit.best_epoch, "train_seconds": fit.seconds})
         state: TrialState = "COMPLETE"
         error: str | None = None
     except optuna.TrialPruned as exc:
-        state, value, error = "PRUNED", math.nan, str(exc)
+        state, value, error, per_window = "PRUNED", math.nan, str(exc), []
     except TrainingInterruptedError as exc:
         registry.end_run(run_id, failed=True)
         return _outcome(job, "FAIL", None, reported, started, run_id, str(exc), interrupted=True)
@@ -449,7 +521,9 @@ def run_trial(job: TrialJob, frame: pd.DataFrame) -> TrialOutcome:
         return _outcome(job, "FAIL", None, reported, started, run_id, f"{type(exc).__name__}: {exc}")
     registry.get_client().set_tag(run_id, "seqcast.trial_state", state)
     registry.end_run(run_id)
-    return _outcome(job, state, None if state != "COMPLETE" else value, reported, started, run_id, error)
+    outcome = _outcome(job, state, None if state != "COMPLETE" else value, reported, started, run_id, error)
+    outcome.window_mase = per_window if state == "COMPLETE" else None
+    return outcome
 
 
 def _outcome(
@@ -523,7 +597,10 @@ class TrialPlan:
 
         spec = suggest_spec(trial, self.spec, self.space)
         trial.set_user_attr("spec", with_settings(spec, execution=ExecutionSpec().model_dump()).model_dump(mode="json"))
-        epochs = self.budget.trial_epochs or spec.training.max_epochs
+        # the spec's own settings train as the nightly training would (its max_epochs), so the reference that a
+        # sampled trial must clearly beat (`clearly_better`) is not handicapped by the trials' shorter budget
+        start_point = bool(trial.user_attrs.get(START_POINT_ATTR))
+        epochs = spec.training.max_epochs if start_point else self.budget.trial_epochs or spec.training.max_epochs
         return TrialJob(
             number=trial.number,
             trial_id=trial._trial_id,  # Optuna has no public accessor; the worker reopens the trial by it
@@ -616,6 +693,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> Non
     trial.set_user_attr("seconds", round(outcome.seconds, 2))
     if outcome.error:
         trial.set_user_attr("error", outcome.error[:2000])
+    if outcome.window_mase is not None:
+        trial.set_user_attr(WINDOW_MASE_ATTR, [round(v, 6) for v in outcome.window_mase])
     if outcome.state == "COMPLETE":
         study.tell(trial, outcome.value)
     elif outcome.state == "PRUNED":

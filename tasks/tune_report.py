@@ -54,6 +54,8 @@ class TuneSummary:
     best_trial: int | None = None
     best_value: float | None = None
     best_settings: dict[str, Any] = field(default_factory=dict)  # the tuned settings of the best spec
+    kept_defaults: bool = False  # no trial was clearly better than the spec's own settings: the spec is saved as given
+    decision: str = ""  # why the saved spec is the one it is (tasks/tune_study.py `save_best_spec`)
     nightly: str = ""  # what happened to the nightly training deployment's spec
     run_url: str | None = None
     seconds: float = 0.0
@@ -63,10 +65,18 @@ class TuneSummary:
         counts = ", ".join(f"{n} {state.lower()}" for state, n in self.this_run.items() if n) or "no trials"
         if self.best_trial is None:
             return f"{self.study_name}: {counts}; no trial has completed yet, so no spec was saved"
-        return (
-            f"{self.study_name}: {counts} in {self.seconds:.0f} s; best trial {self.best_trial} (validation MASE "
-            f"{self.best_value:.4f}), its spec saved in the study ({self.storage}); {self.nightly}"
-        )
+        if self.kept_defaults:
+            saved = (
+                f"the spec's own settings kept (their best trial {self.best_trial}, validation MASE "
+                f"{self.best_value:.4f}) and saved in the study ({self.storage})"
+            )
+        else:
+            saved = (
+                f"best trial {self.best_trial} (validation MASE {self.best_value:.4f}), its spec saved in the study "
+                f"({self.storage})"
+            )
+        why = f" ({self.decision})" if self.decision else ""
+        return f"{self.study_name}: {counts} in {self.seconds:.0f} s; {saved}{why}; {self.nightly}"
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -202,6 +212,7 @@ def log_tuning(summary: TuneSummary, outcomes: list[TrialOutcome]) -> None:
     if summary.best_spec is not None:
         client.log_dict(summary.parent_run_id, summary.best_spec, "best_spec.json")
         client.set_tag(summary.parent_run_id, "seqcast.best_trial", str(summary.best_trial))
+        client.set_tag(summary.parent_run_id, "seqcast.kept_defaults", str(summary.kept_defaults).lower())
     client.set_tag(summary.parent_run_id, MLFLOW_RUN_NOTE, markdown)
     client.log_text(summary.parent_run_id, markdown, "summary.md")
     registry.end_run(summary.parent_run_id)

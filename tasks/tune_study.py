@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ STUDY_PREFIX = "seqcast-tune-"
 BEST_SPEC_ATTR = "best_spec"
 BEST_TRIAL_ATTR = "best_trial"
 BEST_VALUE_ATTR = "best_value"
+START_SPEC_ATTR = "start_spec"  # the spec a new study started from: what is saved when no trial is clearly better
+DECISION_ATTR = "best_decision"  # why the saved spec is the one it is
 OBJECTIVE_ATTR = "objective"
 OBJECTIVE = "mean per-series MASE on the validation windows"
 
@@ -92,24 +95,66 @@ def open_study(
     return study
 
 
-def save_best_spec(study: optuna.Study) -> tuple[RunSpec, int, float] | None:
-    """Save the spec of the study's best complete trial (its user attribute `spec`) as the study's `best_spec`;
-    returns (spec, trial number, value), or None while no trial has completed."""
+@dataclass(frozen=True)
+class BestSpec:
+    """The spec tuning saves: the best trial's when it is clearly better than the spec's own settings on the
+    validation windows, else the spec the study started from (`kept_defaults`)."""
+
+    spec: RunSpec
+    trial: int  # the best trial; with kept_defaults: the best of the spec's own settings' trials
+    value: float  # that trial's validation MASE
+    kept_defaults: bool = False
+    decision: str = ""  # one sentence: why
+
+
+def save_best_spec(study: optuna.Study, alpha: float | None = None) -> BestSpec | None:
+    """Choose and save the study's best spec as its `best_spec`, or None while no trial has completed.
+
+    The best complete trial (lowest validation MASE) replaces the spec's own settings only when it is clearly better
+    than the best of them (the trials `start_from_spec` queued) on the validation windows, window by window
+    (`tasks.tune.clearly_better`: a one-sided sign test at `alpha`, default `SWITCH_ALPHA`, divided by the sampled
+    trials it is the best of); otherwise the spec the
+    study started from is saved unchanged (both cells and scaling "auto" as the nightly training runs them). A study
+    without those trials or their per-window errors (one made before this rule) saves its best trial's spec."""
     import optuna
 
     from tasks.spec import RunSpec
+    from tasks.tune import SWITCH_ALPHA, WINDOW_MASE_ATTR, clearly_better, is_start_point
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     with_spec = [t for t in complete if t.value is not None and "spec" in t.user_attrs]
     if not with_spec:
         return None
     best = min(with_spec, key=lambda t: (float(t.value or 0.0), t.number))
-    spec = RunSpec.model_validate(best.user_attrs["spec"])
-    if study.user_attrs.get(BEST_TRIAL_ATTR) != best.number:
-        study.set_user_attr(BEST_SPEC_ATTR, spec.model_dump(mode="json"))
-        study.set_user_attr(BEST_TRIAL_ATTR, best.number)
-        study.set_user_attr(BEST_VALUE_ATTR, float(best.value or 0.0))
-    return spec, best.number, float(best.value or 0.0)
+    chosen = BestSpec(RunSpec.model_validate(best.user_attrs["spec"]), best.number, float(best.value or 0.0))
+    starts = [t for t in with_spec if is_start_point(t)]
+    start_spec = study.user_attrs.get(START_SPEC_ATTR)
+    if starts and start_spec is not None:
+        reference = min(starts, key=lambda t: (float(t.value or 0.0), t.number))
+        kept = BestSpec(
+            RunSpec.model_validate(start_spec), reference.number, float(reference.value or 0.0), kept_defaults=True
+        )
+        if is_start_point(best):
+            chosen = replace(kept, decision=f"the best trial, {best.number}, is one of the spec's own settings")
+        elif WINDOW_MASE_ATTR in best.user_attrs and WINDOW_MASE_ATTR in reference.user_attrs:
+            test = clearly_better(
+                best.user_attrs[WINDOW_MASE_ATTR],
+                reference.user_attrs[WINDOW_MASE_ATTR],
+                SWITCH_ALPHA if alpha is None else alpha,
+                compared=len(with_spec) - len(starts),
+            )
+            decision = f"trial {best.number} is {test.reason}; the best of them: trial {reference.number}"
+            chosen = replace(chosen, decision=decision) if test.switch else replace(kept, decision=decision)
+    if (
+        study.user_attrs.get(BEST_TRIAL_ATTR) != chosen.trial
+        or study.user_attrs.get(DECISION_ATTR) != chosen.decision
+        or study.user_attrs.get(BEST_SPEC_ATTR) != chosen.spec.model_dump(mode="json")
+    ):
+        study.set_user_attr(BEST_SPEC_ATTR, chosen.spec.model_dump(mode="json"))
+        study.set_user_attr(BEST_TRIAL_ATTR, chosen.trial)
+        study.set_user_attr(BEST_VALUE_ATTR, chosen.value)
+        study.set_user_attr(DECISION_ATTR, chosen.decision)
+    return chosen
 
 
 def load_best_spec(url: str, model_name: str) -> tuple[RunSpec, int, float] | None:

@@ -90,12 +90,18 @@ def test_parallel_trials_share_one_study_that_a_second_run_resumes(tune_env: str
     saved = load_best_spec(db_url, tune_env)
     assert saved is not None
     spec, number, value = saved
-    best = min(complete, key=lambda t: t.value)
-    assert (number, value) == (best.number, pytest.approx(best.value))
-    assert spec.model_dump(mode="json") == best.user_attrs["spec"] == summary.best_spec
+    assert spec.model_dump(mode="json") == summary.best_spec and summary.decision
     assert spec.training.max_epochs == SPEC.training.max_epochs, "trial_epochs is for trials only"
-    assert spec.model.scaling != "auto" and spec.model.cells == ["lstm"]
     assert spec.execution.task_runner == "auto", "where tuning ran is not where the nightly training runs"
+    if summary.kept_defaults:  # the best trial is not clearly better than the spec's own settings: the spec as given
+        starts = [t for t in complete if t.number < 2]
+        best = min(starts, key=lambda t: t.value)
+        assert spec == RunSpec.model_validate({**SPEC.model_dump(), "execution": {}}) and spec.model.scaling == "auto"
+    else:
+        best = min(complete, key=lambda t: t.value)
+        assert spec.model_dump(mode="json") == best.user_attrs["spec"]
+        assert spec.model.scaling != "auto" and spec.model.cells == ["lstm"]
+    assert (number, value) == (best.number, pytest.approx(best.value))
 
     again = tune({"trials": 2, "parallel": 2, "trial_epochs": 3})
     study = optuna.load_study(study_name=study_name(tune_env), storage=db_url)
@@ -287,3 +293,81 @@ def test_the_benchmark_reports_the_panel_means_and_the_gain() -> None:
     tuned = "gru L48 2x64 last lr 0.004 drop 0.1 batch 32"
     assert f"| a | synthetic | 24/6 | 1.000 (lstm) | 0.500 | {tuned} | 12/7/1 | 30 |" in lines
     assert lines[-1].startswith("Panel mean test MASE over 2 series: default 2.000, tuned 1.500; gain 25.0 %")
+
+
+def _study_with_trials(windows: dict[int, list[float]], start_points: tuple[int, ...] = (0, 1)) -> optuna.Study:
+    """An in-memory study that started from SPEC: complete trials with the given MASE per validation window, the
+    numbers in `start_points` being the spec's own settings (each trial's spec a different lookback)."""
+    from tasks.tune import START_POINT_ATTR, WINDOW_MASE_ATTR, with_settings
+    from tasks.tune_study import START_SPEC_ATTR
+
+    study = optuna.create_study()
+    study.set_user_attr(START_SPEC_ATTR, SPEC.model_dump(mode="json"))
+    distribution = optuna.distributions.FloatDistribution(0.0, 1.0)
+    for number, per_window in windows.items():
+        spec = with_settings(SPEC, window={"lookback": 12 + number})
+        attrs: dict[str, Any] = {"spec": spec.model_dump(mode="json"), WINDOW_MASE_ATTR: per_window}
+        if number in start_points:
+            attrs[START_POINT_ATTR] = True
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": number / 100},
+                distributions={"x": distribution},
+                value=sum(per_window) / len(per_window),
+                user_attrs=attrs,
+            )
+        )
+    return study
+
+
+def test_a_trial_only_marginally_better_on_few_windows_keeps_the_defaults() -> None:
+    """5 validation windows, the sampled trial lower on 4 of them by a few percent: a sign test cannot tell that
+    from chance (p = 6/32), so the spec as given is saved, not the trial's."""
+    from tasks.tune_study import BEST_SPEC_ATTR, save_best_spec
+
+    defaults = [1.0, 1.1, 0.9, 1.2, 1.0]
+    study = _study_with_trials({0: defaults, 1: [v + 0.1 for v in defaults], 2: [0.95, 1.05, 0.85, 1.15, 1.01]})
+    best = save_best_spec(study)
+    assert best is not None and best.kept_defaults
+    assert best.spec == SPEC and best.trial == 0 and best.value == pytest.approx(1.04)
+    assert "trial 2 is not clearly better" in best.decision and "4 of 5" in best.decision
+    assert study.user_attrs[BEST_SPEC_ATTR] == SPEC.model_dump(mode="json")
+
+
+def test_a_trial_clearly_better_on_many_windows_replaces_the_defaults() -> None:
+    """40 windows, the sampled trial lower on 36 (p ~ 1e-7, below 0.05 / 2 sampled trials): its spec is saved."""
+    from tasks.tune_study import save_best_spec
+
+    defaults = [1.0 + 0.01 * (i % 7) for i in range(40)]
+    better = [v * 0.8 if i % 10 else v * 1.05 for i, v in enumerate(defaults)]
+    study = _study_with_trials(
+        {0: defaults, 1: [v * 1.1 for v in defaults], 2: [v * 0.99 for v in defaults], 3: better}
+    )
+    best = save_best_spec(study)
+    assert best is not None and not best.kept_defaults
+    assert best.trial == 3 and best.spec.window.lookback == 15
+    assert "clearly better" in best.decision and "36 of 40" in best.decision
+
+
+def test_the_best_trial_being_a_default_saves_the_spec_as_given() -> None:
+    from tasks.tune_study import save_best_spec
+
+    study = _study_with_trials({0: [1.0, 2.0], 1: [0.5, 0.6], 2: [0.9, 0.9]})
+    best = save_best_spec(study)
+    assert best is not None and best.kept_defaults and best.trial == 1 and best.spec == SPEC
+    assert best.spec.model.scaling == SPEC.model.scaling  # "auto", not the trial's concrete scaling
+
+
+def test_the_switch_test_is_stricter_for_the_best_of_many_trials() -> None:
+    """6 windows all lower (p = 1/64): enough for a single candidate, not for the best of 20 sampled trials; a
+    lower error on average is required as well, and windows that do not pair never switch."""
+    from tasks.tune import clearly_better
+
+    reference = [1.0, 1.2, 0.8, 1.1, 0.9, 1.0]
+    candidate = [v - 0.05 for v in reference]
+    assert clearly_better(candidate, reference, 0.05, compared=1).switch
+    verdict = clearly_better(candidate, reference, 0.05, compared=20)
+    assert not verdict.switch and verdict.wins == 6 and verdict.p_value == pytest.approx(1 / 64)
+    mostly_lower_but_worse = [v - 0.01 for v in reference[:5]] + [5.0]  # lower on 5 of 6, far higher on one
+    assert not clearly_better(mostly_lower_but_worse, reference, 0.5).switch
+    assert not clearly_better(candidate[:5], reference, 0.5).switch
