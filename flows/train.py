@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
@@ -31,6 +31,11 @@ from tasks.store import read_observations_task
 from tasks.train import TrainConfig
 from tasks.validate import validate_observations_task
 from tasks.windowing import make_windows_task, resolve_spec_task
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tasks.validate import ValidationReport
 
 
 @dataclass
@@ -83,12 +88,16 @@ class TrainSummary:
 
 
 def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
-    """On failure or crash: the MLflow runs this flow run opened are marked FAILED instead of left RUNNING.
+    """On failure or crash: the MLflow runs this flow run opened are marked FAILED instead of left RUNNING."""
+    mark_runs_failed(flow_run.parameters.get("experiment") or get_settings().experiment, flow_run)
+
+
+def mark_runs_failed(experiment: str, flow_run: FlowRun) -> None:
+    """Mark the MLflow runs `flow_run` opened in `experiment` FAILED (the failure hooks of the train and tune flows).
 
     Never fails itself: when MLflow is what failed the run (unreachable, hung), one warning says the runs stay
     RUNNING, and the flow's own error is the one reported."""
     settings = get_settings()
-    experiment = flow_run.parameters.get("experiment") or settings.experiment
     try:
         closed = registry.fail_open_runs(settings.tracking_uri, experiment, str(flow_run.id))
     except registry.TrackingUnavailableError as exc:
@@ -135,18 +144,7 @@ def train_flow(
     context = resolve_run_context(as_of, trigger)
     model_name = registered_model or settings.registered_model
 
-    frame = read_observations_task(settings.db_url, series, context.as_of)
-    # the window follows the stored rows' frequency, so validation checks the lengths it needs
-    window = resolve_spec_task(spec, frame)
-    frame, report = validate_observations_task(
-        frame,
-        gap_policy=spec.data.gap_policy,
-        outlier_policy=spec.data.outlier_policy,
-        max_gap_steps=spec.data.max_gap_steps,
-        min_length=window.min_length(),
-        source=f"observations as of {context.as_of.isoformat()}",
-    )
-    spec = resolve_spec_task(spec, frame)  # again on the validated rows: filling gaps may have lengthened series
+    frame, report, spec = validated_observations(spec, series, context.as_of)
     data = make_windows_task(frame, spec.window_config())
     plan = partitions.plan_partitions_task(spec.partition, data.panel.series_ids)  # bad settings stop the run here
     season = season_length(data.freq)  # MASE's scale: the frequency's natural cycle
@@ -231,6 +229,26 @@ def train_flow(
     )
     registry.finish_training_task(summary.parent_run_id, summary_markdown(summary))
     return summary
+
+
+def validated_observations(
+    spec: RunSpec, series: list[str] | None, as_of: dt.datetime
+) -> tuple[pd.DataFrame, ValidationReport, RunSpec]:
+    """The stored observations up to `as_of`, validated under the spec's data policies, and the spec resolved on
+    them (the train and tune flows' first stages)."""
+    frame = read_observations_task(get_settings().db_url, series, as_of)
+    # the window follows the stored rows' frequency, so validation checks the lengths it needs
+    window = resolve_spec_task(spec, frame)
+    frame, report = validate_observations_task(
+        frame,
+        gap_policy=spec.data.gap_policy,
+        outlier_policy=spec.data.outlier_policy,
+        max_gap_steps=spec.data.max_gap_steps,
+        min_length=window.min_length(),
+        source=f"observations as of {as_of.isoformat()}",
+    )
+    # again on the validated rows: filling gaps may have lengthened series
+    return frame, report, resolve_spec_task(spec, frame)
 
 
 def summary_markdown(summary: TrainSummary) -> str:

@@ -11,7 +11,6 @@ updates the nightly training deployment's `spec` when it is deployed on the Pref
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from typing import Any
 
@@ -20,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State
 
 from flows.console import quiet_worker_console
+from flows.train import mark_runs_failed, validated_observations
 from tasks import registry, runners
 from tasks.run_context import Trigger, resolve_run_context
 from tasks.settings import get_settings, redact_url
 from tasks.spec import RunSpec
-from tasks.store import read_observations_task
 from tasks.tune import (
     TrialPlan,
     TuneBudget,
@@ -37,8 +36,6 @@ from tasks.tune import (
 )
 from tasks.tune_report import TuneSummary, finish_tuning_task, parent_params, trial_rows
 from tasks.tune_study import save_best_spec, study_name
-from tasks.validate import validate_observations_task
-from tasks.windowing import resolve_spec_task
 
 TUNE_EXPERIMENT_SUFFIX = "-tune"  # the tuning runs' experiment: `<SEQCAST_EXPERIMENT>-tune`
 
@@ -50,15 +47,7 @@ def tune_experiment(experiment: str | None) -> str:
 
 def close_failed_runs(flow: Any, flow_run: FlowRun, state: State) -> None:
     """On failure or crash: the MLflow runs this flow run opened are marked FAILED instead of left RUNNING."""
-    settings = get_settings()
-    experiment = tune_experiment(flow_run.parameters.get("experiment"))
-    try:
-        closed = registry.fail_open_runs(settings.tracking_uri, experiment, str(flow_run.id))
-    except registry.TrackingUnavailableError as exc:
-        logging.getLogger(__name__).warning("could not mark this run's MLflow runs FAILED (they stay RUNNING): %s", exc)
-        return
-    if closed:
-        logging.getLogger(__name__).warning("marked %d MLflow runs FAILED: %s", len(closed), ", ".join(closed))
+    mark_runs_failed(tune_experiment(flow_run.parameters.get("experiment")), flow_run)
 
 
 @task(name="update-nightly-spec", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -110,17 +99,7 @@ def tune_flow(
     context = resolve_run_context(as_of, trigger)
     model_name = registered_model or settings.registered_model
 
-    frame = read_observations_task(settings.db_url, series, context.as_of)
-    window = resolve_spec_task(spec, frame)
-    frame, _ = validate_observations_task(
-        frame,
-        gap_policy=spec.data.gap_policy,
-        outlier_policy=spec.data.outlier_policy,
-        max_gap_steps=spec.data.max_gap_steps,
-        min_length=window.min_length(),
-        source=f"observations as of {context.as_of.isoformat()}",
-    )
-    resolved = resolve_spec_task(spec, frame)
+    frame, _, resolved = validated_observations(spec, series, context.as_of)
     space = plan_search(spec, resolved, frame)
 
     name = study_name(model_name)

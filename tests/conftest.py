@@ -16,6 +16,18 @@ os.environ["SEQCAST_WARM_IDLE"] = "0"
 pytest_plugins = ["forecast_setup"]  # the tiny registered model and observations of the forecast and backfill tests
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tests share a small machine: one torch thread avoids OpenMP spin-waits when the cores are busy (a module
+    that trains many small networks asks for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +30,7 @@ LOOKBACK, HORIZON = 24, 6
 CELLS = ["lstm", "gru"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tests share a small machine: one torch thread avoids OpenMP spin-waits when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sine_frame(n: int = 300, series: tuple[str, ...] = ("s1", "s2"), seed: int = 0) -> pd.DataFrame:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,13 +13,7 @@ from tasks.windowing import WindowConfig, WindowedData, prepare_windows
 LOOKBACK, HORIZON = 24, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tests share a small machine: one torch thread avoids OpenMP spin-waits when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def frame_of(values: dict[str, np.ndarray]) -> pd.DataFrame:

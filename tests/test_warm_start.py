@@ -7,8 +7,6 @@ from scratch and the champion's network from its weights, and the gate chooses a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from forecast_setup import LENGTH, at, synthetic_frame
@@ -24,12 +22,7 @@ LOOKBACK, HORIZON = 48, 12
 SMALL = {"cells": ["lstm"], "hidden_size": 8, "scaling": "auto"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
