@@ -55,6 +55,7 @@ TASK_STAGES = {
     "make_windows_task": "read + window",
     "resolve_spec_task": "read + window",
     "train_candidate_task": "train",
+    "fit_network_task": "train",
     "forecast_test_windows_task": "evaluate",
     "evaluate_task": "evaluate",
     "plot_forecasts_task": "evaluate",

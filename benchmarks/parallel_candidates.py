@@ -46,9 +46,19 @@ def time_train(
     from tasks.runners import task_runner_for
 
     spec = _spec(runner, epochs, address, scaling)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), process_cpu_seconds()
     summary = train_flow.with_options(task_runner=task_runner_for(spec))(spec)
-    return time.perf_counter() - started, summary
+    wall = time.perf_counter() - started
+    print(f"{runner:>8}: {wall:6.1f} s wall, {process_cpu_seconds() - cpu:6.1f} s CPU", flush=True)
+    return wall, summary
+
+
+def process_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children, every thread together."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 @contextlib.contextmanager
@@ -119,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         walls, summaries = {}, {}
         for runner in RUNNERS:
             walls[runner], summaries[runner] = time_train(runner, args.epochs, scaling=args.scaling)
-            print(f"{runner:>8}: {walls[runner]:6.1f} s wall", flush=True)
         print(f"threads / serial: {walls['threads'] / walls['serial']:.2f} on {machine_cores()} cores")
         same = [c.metrics for c in summaries["threads"].candidates] == [
             c.metrics for c in summaries["serial"].candidates

@@ -1,13 +1,11 @@
 """Nightly retraining: read -> validate -> window -> train LSTM and GRU -> evaluate -> register, promote if better.
 
-The candidates (train -> evaluate -> log, tasks/candidate.py) are submitted to the flow's task runner and train side by
-side: on this machine's cores by default, on a Ray cluster when one is configured. Callers choose the runner from
-the spec at call time, `train_flow.with_options(task_runner=tasks.runners.task_runner_for(spec))`; the decorator's
-is the environment's default (SEQCAST_RAY_ADDRESS), which is what a deployment's flow run gets.
-
-With the spec's `partition` settings above one partition, each cell's networks train first, one task per
-(cell, partition) side by side on the same runner, and each candidate task combines its cell's into one model
-(tasks/partitions.py); the rest of the flow (gate, registration) is the same.
+Every network trains as one task on the flow's task runner, side by side: one per cell, per scaling try ("auto"
+tries two) and per partition of the series (tasks/partitions.py); then one task per candidate keeps its cell's
+networks and evaluates and logs them (tasks/candidate.py). The runner is this machine's cores by default, a Ray
+cluster when one is configured. Callers choose the runner from the spec at call time,
+`train_flow.with_options(task_runner=tasks.runners.task_runner_for(spec))`; the decorator's is the environment's
+default (SEQCAST_RAY_ADDRESS), which is what a deployment's flow run gets.
 """
 
 from __future__ import annotations
@@ -184,10 +182,12 @@ def train_flow(
         )
         for name, config, start in starts
     ]
-    # a partitioned run trains each (cell, partition) network first, side by side; the candidates combine them
-    fit_jobs = partitions.partition_jobs(spec, plan, runners.cores_per_task(len(spec.model.cells) * plan.count))
+    # every (cell, partition, scaling try) network trains first, one task each, side by side; each candidate
+    # then keeps its cell's better scaling per partition and combines the partitions
+    fit_jobs = partitions.fit_jobs(spec, plan)
+    cores = runners.cores_per_task(len(fit_jobs))
     with runners.training_resources():
-        fit_futures = [partitions.fit_partition_task.submit(fit_job, data, plan) for fit_job in fit_jobs]
+        fit_futures = [partitions.fit_network_task.submit(fit_job, data, plan, cores) for fit_job in fit_jobs]
     trained = partitions.fits_by_cell(plan, runners.results_in_order(fit_futures))
     with runners.training_resources():
         futures = [candidate_task.submit(job, data, frame, trained.get(job.candidate)) for job in jobs]

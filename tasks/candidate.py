@@ -1,13 +1,15 @@
 """One candidate from start to end, as one task the train flow submits per cell: start its MLflow child run ->
-train -> calibrate intervals -> forecast the test windows -> evaluate -> plots -> log -> end the run.
+keep its networks -> calibrate intervals -> forecast the test windows -> evaluate -> plots -> log -> end the run.
 
 Everything it needs travels in its arguments (the tracking URI too), so it runs alike in a thread of the flow's
-process and in a Ray worker on another machine (tasks/runners.py). It trains on its `cpu_budget` share of the
-cores; its child run ends FINISHED, or FAILED when a step fails (the error is raised again).
+process and in a Ray worker on another machine (tasks/runners.py). Its child run ends FINISHED, or FAILED when a
+step fails (the error is raised again).
 
-In a partitioned run (tasks/partitions.py) the cell's networks were trained beforehand, one task per partition;
-the candidate then combines them instead of training (`combine_fits`) and goes on as above, on every series'
-windows together, logging each partition's epochs (`<metric>_p<k>`) and a `partitions.csv` beside its own.
+The cell's networks were trained beforehand, one task per (partition, scaling try) (tasks/partitions.py): the
+candidate keeps them (`cell_fit`: the better scaling, the partitions combined into one model when there are
+several), logs their epochs (`<metric>_<scaling>`, and `<metric>_p<k>` with a `partitions.csv` for partitions)
+and goes on as above on every series' windows together. A warm start (tasks/warm_start.py) is the one candidate
+that trains here, on its `cpu_budget` share of the cores, from the champion's weights.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def _train_and_log(
             level=job.level,
         )
         figures.append(plots.plot_mae_by_step_task(scores, Path(plots_dir)))
-        if trained is not None:
+        if trained is not None and trained.plan.count > 1:
             table = Path(plots_dir) / "partitions.csv"
             partitions.partition_table(trained, scores).to_csv(table, index=False)
             registry.log_artifacts(run_id, [table])
@@ -137,7 +139,7 @@ def _fit(job: CandidateJob, run_id: str, data: WindowedData, trained: partitions
     logged to the run, step = epoch)."""
     if trained is None:
         return train_candidate_task(data, job.config, registry.epoch_logger(run_id), job.initial_state)
-    fit = partitions.combine_fits(trained, job.config)
+    fit = partitions.cell_fit(trained, job.config)
     for epoch, metrics in sorted(partitions.epoch_metrics(trained, fit).items()):
         registry.log_metrics(run_id, metrics, step=epoch)
     return fit

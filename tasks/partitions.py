@@ -1,13 +1,18 @@
-"""Partitioned training: one global network per partition of the series, trained side by side, then combined.
+"""The networks of a run, one task each, trained side by side before the candidates: per cell, per partition of
+the series, per scaling try.
 
 The train flow plans the partitions from the run spec (`plan_partitions_task`; models/partitions.py says how series
-are assigned), submits one `fit_partition_task` per (cell, partition) to its task runner, and hands each cell's
-fits to that cell's candidate task (tasks/candidate.py), which combines them (`combine_fits`) into one candidate:
-evaluated on every series' windows together, logged to the cell's MLflow child run and registered as one model.
+are assigned; one partition holds every series), submits one `fit_network_task` per (cell, partition, scaling try:
+"series" and "last" for scaling "auto") to its task runner, and hands each cell's fits to that cell's candidate
+task (tasks/candidate.py). Per partition the try with the lower validation loss is kept (`fits_by_cell`, as
+`tasks.train.fit_auto_scaling` does in one call); with several partitions the candidate combines them
+(`combine_fits`) into one model, evaluated on every series' windows together, logged to the cell's MLflow child run
+and registered as one model.
 
-Each partition's fit sees only its own series' windows (`partition_windows`) and trains from seed + its partition
-number with its own generator, so its results are the same on every runner. With one partition there is nothing
-to plan: `partition_jobs` is empty and each candidate trains on every series itself, exactly as without partitions.
+So the serial runner trains one network at a time, the threads runner as many as it has workers, and a Ray cluster
+one per task it can place (a GPU each when it has them). Each fit sees only its partition's windows
+(`partition_windows`) and trains from seed + its partition number with its own generator, so its results are the
+same on every runner; with one partition they are those of `fit_forecaster` on every series.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models.partitions import PartitionedForecaster, PartitionPlan, plan_partitions
 from tasks import runners
-from tasks.train import FitResult, TrainConfig, cpu_budget, fit_forecaster
+from tasks.train import FitResult, TrainConfig, choose_scaling, cpu_budget, fit_forecaster, scaling_tries, tag_record
 
 if TYPE_CHECKING:
     from tasks.evaluate import Evaluation
@@ -35,23 +40,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PartitionJob:
-    """One (cell, partition) fit: its training config (seed + partition number), its partition, its cores."""
+    """One network to train: a cell with one concrete scaling on one partition's series (seed + partition number)."""
 
     config: TrainConfig
     partition: int
-    name: str
-    cores: int | None = None  # its share of the cores; None (on Ray): what Ray gave it (`runners.worker_cores`)
+    name: str  # the partition's name
+    label: str  # the task run's name: "<cell>-<scaling>", then "-<partition name>" when there are several
 
 
 @dataclass
 class PartitionFit:
-    """A partition's trained network with every epoch record its fit reported (per scaling with "auto"), and where
-    and when it trained."""
+    """A partition's trained network with every epoch record its fit reported (per scaling when it had several
+    tries), and where and when it trained."""
 
     partition: int
     name: str
     fit: FitResult
-    epochs: list[dict[str, float]]  # what `fit_forecaster` passed to `on_epoch`, in order
+    epochs: list[dict[str, float]]  # the fit's epoch records, in order
     series: int  # series in the partition
     train_windows: int
     val_windows: int
@@ -84,37 +89,33 @@ def partition_windows(data: WindowedData, members: np.ndarray) -> WindowedData:
     )
 
 
-def partition_jobs(spec: RunSpec, plan: PartitionPlan, cores: int | None) -> list[PartitionJob]:
-    """One job per (cell, partition) of a partitioned run, cells outermost; none with one partition (each candidate
-    then trains on every series itself)."""
-    if plan.count == 1:
-        return []
-    return [
-        PartitionJob(
-            config=spec.train_config(cell).model_copy(update={"seed": spec.training.seed + k}),
-            partition=k,
-            name=name,
-            cores=cores,
-        )
-        for cell in spec.model.cells
-        for k, name in enumerate(plan.names)
-    ]
+def fit_jobs(spec: RunSpec, plan: PartitionPlan) -> list[PartitionJob]:
+    """One job per (cell, partition, scaling try) of the run, cells outermost, then partitions."""
+    jobs = []
+    for cell in spec.model.cells:
+        for k, name in enumerate(plan.names):
+            config = spec.train_config(cell).model_copy(update={"seed": spec.training.seed + k})
+            for scaling in scaling_tries(config):
+                label = f"{cell}-{scaling}" + (f"-{name}" if plan.count > 1 else "")
+                jobs.append(PartitionJob(config.model_copy(update={"scaling": scaling}), k, name, label))
+    return jobs
 
 
-def fit_partition(job: PartitionJob, data: WindowedData, plan: PartitionPlan) -> PartitionFit:
-    """Train the job's network on its partition's windows alone, on its share of the cores."""
+def fit_network(job: PartitionJob, data: WindowedData, plan: PartitionPlan, cores: int | None) -> PartitionFit:
+    """Train the job's network on its partition's windows alone, on `cores` (None, on Ray: what Ray gave it)."""
     started = time.time()
-    worker = runners.worker_identity(on_ray=job.cores is None)
-    subset = partition_windows(data, plan.members(job.partition))
+    worker = runners.worker_identity(on_ray=cores is None)
+    members = plan.members(job.partition)
+    subset = data if plan.count == 1 else partition_windows(data, members)
     epochs: list[dict[str, float]] = []
-    with cpu_budget(job.cores or runners.worker_cores()):
+    with cpu_budget(cores or runners.worker_cores()):
         fit = fit_forecaster(subset, job.config, epochs.append)
     return PartitionFit(
         partition=job.partition,
         name=job.name,
         fit=fit,
         epochs=epochs,
-        series=int(plan.members(job.partition).sum()),
+        series=int(members.sum()),
         train_windows=len(subset.train_starts),
         val_windows=len(subset.val_starts),
         worker=worker,
@@ -124,11 +125,32 @@ def fit_partition(job: PartitionJob, data: WindowedData, plan: PartitionPlan) ->
 
 
 def fits_by_cell(plan: PartitionPlan, fits: Sequence[PartitionFit]) -> dict[str, CellPartitions]:
-    """Each cell's partition fits, in partition order; empty without fits (one partition)."""
-    cells: dict[str, list[PartitionFit]] = {}
+    """Each cell's partition fits, in partition order, each partition's scaling tries reduced to the one kept."""
+    tries: dict[str, dict[int, list[PartitionFit]]] = {}
     for fit in fits:
-        cells.setdefault(fit.fit.train_config.cell, []).append(fit)
-    return {cell: CellPartitions(plan, sorted(found, key=lambda f: f.partition)) for cell, found in cells.items()}
+        tries.setdefault(fit.fit.train_config.cell, {}).setdefault(fit.partition, []).append(fit)
+    return {
+        cell: CellPartitions(plan, [_kept_try(by_partition[k]) for k in sorted(by_partition)])
+        for cell, by_partition in tries.items()
+    }
+
+
+def _kept_try(tries: list[PartitionFit]) -> PartitionFit:
+    """One partition's fits with different scalings as one: the lower validation loss kept (`choose_scaling`),
+    every try's epochs under its scaling's suffix, then the kept one's under the plain names."""
+    if len(tries) == 1:
+        return tries[0]
+    epochs = [tag_record(r, t.fit.train_config.scaling) for t in tries for r in t.epochs]
+    fit = choose_scaling({t.fit.train_config.scaling: t.fit for t in tries}, epochs.append)
+    fit.seconds = sum(t.fit.seconds for t in tries)
+    kept = next(t for t in tries if t.fit is fit)
+    started, finished = min(t.started for t in tries), max(t.finished for t in tries)
+    return dataclasses.replace(kept, epochs=epochs, started=started, finished=finished)
+
+
+def cell_fit(partitions: CellPartitions, config: TrainConfig) -> FitResult:
+    """The cell's candidate network: its one partition's fit, or every partition's combined (`combine_fits`)."""
+    return partitions.fits[0].fit if partitions.plan.count == 1 else combine_fits(partitions, config)
 
 
 def combine_fits(partitions: CellPartitions, config: TrainConfig) -> FitResult:
@@ -187,8 +209,13 @@ def _combined_history(fits: Sequence[PartitionFit], train: np.ndarray, val: np.n
 
 def epoch_metrics(partitions: CellPartitions, combined: FitResult) -> dict[int, dict[str, float]]:
     """MLflow metrics by epoch: the combined history under the plain names (`train_loss`, `val_loss`, ...), and
-    every partition's own records with `_p<k>` appended (`val_loss_last_p1` is partition 1's "last" try)."""
+    every partition's own records with `_p<k>` appended (`val_loss_last_p1` is partition 1's "last" try); with one
+    partition its network's records as they are."""
     steps: dict[int, dict[str, float]] = {}
+    if partitions.plan.count == 1:
+        for record in partitions.fits[0].epochs:
+            steps.setdefault(int(record["epoch"]), {}).update({k: v for k, v in record.items() if k != "epoch"})
+        return steps
     for record in combined.history:
         steps.setdefault(int(record["epoch"]), {}).update({k: v for k, v in record.items() if k != "epoch"})
     for fit in partitions.fits:
@@ -233,7 +260,7 @@ def plan_partitions_task(spec: PartitionSpec, series_ids: list[str]) -> Partitio
     return plan_partitions(series_ids, spec.partitions, spec.partition_groups)
 
 
-@task(name="train-partition", task_run_name="train-{job.config.cell}-{job.name}", cache_policy=NO_CACHE)
-def fit_partition_task(job: PartitionJob, data: WindowedData, plan: PartitionPlan) -> PartitionFit:
-    """Prefect wrapper of `fit_partition`; not retried (a diverged fit fails the same way again)."""
-    return fit_partition(job, data, plan)
+@task(name="train-network", task_run_name="train-{job.label}", cache_policy=NO_CACHE)
+def fit_network_task(job: PartitionJob, data: WindowedData, plan: PartitionPlan, cores: int | None) -> PartitionFit:
+    """Prefect wrapper of `fit_network`; not retried (a diverged fit fails the same way again)."""
+    return fit_network(job, data, plan, cores)

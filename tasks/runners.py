@@ -5,8 +5,8 @@ One place decides, for the CLI, the demo and the deployments alike (`task_runner
 names, SEQCAST_RAY_ADDRESS):
 
 - serial: one task at a time in the flow's process, each on every core;
-- threads (the default): side by side in the flow's process, at most one per core, each on its share of the cores
-  (`cores_per_task`; tasks/train.py `cpu_budget` says how a share is spent);
+- threads (the default): side by side in the flow's process, at most two per core (`TASKS_PER_CORE`), each on its
+  share of the cores (`cores_per_task`; tasks/train.py `cpu_budget` says how a share is spent);
 - ray: tasks of a Ray cluster (prefect-ray's RayTaskRunner, the `ray` extra), one CPU each (Ray's default), plus a
   GPU each when the cluster has GPUs (`training_resources`).
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 RAY_ADDRESS_ENV = "SEQCAST_RAY_ADDRESS"
 RunnerName = Literal["serial", "threads", "ray"]
+# The threads runner's tasks per core. Fits end at different times (a GRU try may take four times an LSTM's): with
+# two per core, a core whose first fit ends early shares the others' instead of idling until they end.
+TASKS_PER_CORE = 2
 R = TypeVar("R")
 
 
@@ -70,7 +73,7 @@ def task_runner_for(spec: RunSpec | None = None) -> TaskRunner[Any]:
     if name == "serial":
         return ThreadPoolTaskRunner(max_workers=1)
     if name == "threads":
-        return ThreadPoolTaskRunner(max_workers=machine_cores())
+        return ThreadPoolTaskRunner(max_workers=TASKS_PER_CORE * machine_cores())
     try:
         from prefect_ray import RayTaskRunner
     except ImportError as exc:

@@ -15,7 +15,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -327,7 +327,7 @@ def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCal
     def fit_one(scaling: Scaling) -> FitResult:
         def tagged(record: dict[str, float]) -> None:
             if on_epoch is not None:
-                on_epoch({"epoch": record["epoch"], **{f"{k}_{scaling}": v for k, v in record.items() if k != "epoch"}})
+                on_epoch(tag_record(record, scaling))
 
         return _fit(data, config.model_copy(update={"scaling": scaling}), tagged, level=logging.DEBUG)
 
@@ -350,19 +350,38 @@ def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCal
     if side_by_side:  # one thread each on their own core: the second try costs little wall time
         with _cpu_threads(1), ThreadPoolExecutor(len(AUTO_SCALINGS), thread_name_prefix="seqcast-fit") as pool:
             futures = {s: pool.submit(contextvars.copy_context().run, fit_one, s) for s in AUTO_SCALINGS}
-            fits = {s: future.result() for s, future in futures.items()}
+            fits: dict[str, FitResult] = {s: future.result() for s, future in futures.items()}
     else:
         fits = {s: fit_one(s) for s in AUTO_SCALINGS}
+    best = choose_scaling(fits, on_epoch)
+    best.seconds = time.perf_counter() - started
+    return best
+
+
+def scaling_tries(config: TrainConfig) -> tuple[Scaling, ...]:
+    """The concrete scalings a config trains: each of `AUTO_SCALINGS` for "auto", else its own."""
+    return AUTO_SCALINGS if config.scaling == "auto" else (config.scaling,)
+
+
+def tag_record(record: dict[str, float], scaling: str) -> dict[str, float]:
+    """An epoch record of one scaling's try with the scaling appended to its names (`val_loss_last`)."""
+    return {"epoch": record["epoch"], **{f"{k}_{scaling}": v for k, v in record.items() if k != "epoch"}}
+
+
+def choose_scaling(fits: Mapping[str, FitResult], on_epoch: EpochCallback | None = None) -> FitResult:
+    """Of one network's tries with different scalings, the one with the lower best validation loss (the tries'
+    losses kept in `extra["scaling_val_loss"]`); its epochs are replayed to `on_epoch` under the plain names."""
     chosen = min(fits, key=lambda s: fits[s].best_val_loss)
     best = fits[chosen]
+    if len(fits) == 1:
+        return best
     if on_epoch is not None:
         for record in best.history:
             on_epoch(dict(record))
     best.extra["scaling_val_loss"] = {s: fit.best_val_loss for s, fit in fits.items()}
-    best.seconds = time.perf_counter() - started
     losses = ", ".join(f"{s} {fit.best_val_loss:.5f}" for s, fit in fits.items())
     run_logger(__name__).info(
-        "%s: scaling %s (best validation loss %s); %s", config.cell, chosen, losses, _outcome(best)
+        "%s: scaling %s (best validation loss %s); %s", best.train_config.cell, chosen, losses, _outcome(best)
     )
     return best
 

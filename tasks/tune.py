@@ -561,8 +561,8 @@ def trial_task(job: TrialJob, frame: pd.DataFrame) -> TrialOutcome:
 
 
 def side_by_side() -> int:
-    """How many tasks the running flow's task runner runs at once: its workers (threads, serial), or the Ray
-    cluster's CPUs."""
+    """How many trials run at once: one per worker of the serial runner, one per core on threads (at most its
+    workers), or the Ray cluster's CPUs."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
@@ -572,7 +572,7 @@ def side_by_side() -> int:
 
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = getattr(runner, "_max_workers", None)
-    return max(1, int(workers)) if workers else runners.machine_cores()
+    return max(1, min(int(workers), runners.machine_cores())) if workers else runners.machine_cores()
 
 
 @dataclass(frozen=True)

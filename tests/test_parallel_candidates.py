@@ -2,8 +2,8 @@
 
 The train flow runs twice on the same observations and seed, once with the serial runner and once with the threads
 runner (tasks/runners.py); every candidate's metrics, weights and forecasts must be equal, and under threads the
-candidates' MLflow child runs must overlap in time (under serial they must not). Real stores: SQLite, the session's
-MLflow store, Prefect's harness.
+networks' tasks and the candidates' MLflow child runs must overlap in time (under serial they must not). Real
+stores: SQLite, the session's MLflow store, Prefect's harness.
 """
 
 from __future__ import annotations
@@ -54,6 +54,22 @@ def load_candidate(model_uri: str, folder: Path) -> Any:
     return load_forecaster(root / "artifacts" / "forecaster")
 
 
+def network_runs(summary: Any) -> dict[str, tuple[float, float]]:
+    """{task run name: (start, end) in seconds} of the flow run's network fits (`train-network` tasks)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.flow_run_id])), limit=200
+        )
+    return {
+        run.name: (run.start_time.timestamp(), run.end_time.timestamp())
+        for run in runs
+        if run.task_key.startswith("fit_network_task") and run.start_time and run.end_time
+    }
+
+
 def overlap(runs: dict[str, Any]) -> float:
     """Seconds during which every run was running at once (negative: a gap between them)."""
     starts = [run.info.start_time for run in runs.values()]
@@ -90,6 +106,14 @@ def test_threads_give_the_serial_results_with_candidates_side_by_side(
 
         pd.testing.assert_frame_equal(forecast_frame(first, recent), forecast_frame(second, recent))
 
+    # every network its own task: one at a time on the serial runner, side by side on the threads runner
+    networks = {name: network_runs(summary) for name, summary in (("serial", serial), ("threads", threads))}
+    expected = {f"train-{cell}-{scaling}" for cell in ("lstm", "gru") for scaling in ("series", "last")}
+    assert set(networks["serial"]) == set(networks["threads"]) == expected
+    spans = {name: sorted(found.values()) for name, found in networks.items()}
+    assert all(end <= after[0] for (_, end), after in zip(spans["serial"], spans["serial"][1:], strict=False))
+    assert any(end > after[0] for (_, end), after in zip(spans["threads"], spans["threads"][1:], strict=False))
+
     # where and when they ran: one after the other in one thread, or side by side in two
     serial_runs, thread_runs = candidate_runs(serial), candidate_runs(threads)
     assert overlap(serial_runs) < 0, "the serial runner ran the candidates at the same time"
@@ -99,7 +123,7 @@ def test_threads_give_the_serial_results_with_candidates_side_by_side(
     parents = [
         registry.get_client().get_run(s.parent_run_id).data.tags["seqcast.task_runner"] for s in (serial, threads)
     ]
-    assert parents == ["serial", f"threads ({runners.machine_cores()} workers)"]
+    assert parents == ["serial", f"threads ({runners.TASKS_PER_CORE * runners.machine_cores()} workers)"]
 
 
 # ------------------------------------------------------------------------------------------ the cores' shares
@@ -179,7 +203,7 @@ def test_the_runner_follows_the_spec_and_the_environment(monkeypatch: pytest.Mon
     spec = RunSpec()
     assert runners.runner_name(spec) == "threads"
     threads = runners.task_runner_for(spec)
-    assert isinstance(threads, ThreadPoolTaskRunner) and threads == ThreadPoolTaskRunner(runners.machine_cores())
+    assert threads == ThreadPoolTaskRunner(runners.TASKS_PER_CORE * runners.machine_cores()), "two tasks per core"
     assert runners.task_runner_for(with_runner(spec, "serial")) == ThreadPoolTaskRunner(max_workers=1)
     monkeypatch.setenv(runners.RAY_ADDRESS_ENV, "127.0.0.1:1")
     assert runners.runner_name(spec) == "ray" and runners.ray_address(spec) == "127.0.0.1:1"

@@ -61,8 +61,8 @@ def with_partition(spec: RunSpec, **partition: Any) -> RunSpec:
 def fits_of(spec: RunSpec, data: WindowedData, cores: int = 1) -> partitions.CellPartitions:
     """Every partition of the spec's one cell trained one after the other."""
     plan = plan_partitions(data.panel.series_ids, spec.partition.partitions, spec.partition.partition_groups)
-    jobs = partitions.partition_jobs(spec, plan, cores)
-    return partitions.fits_by_cell(plan, [partitions.fit_partition(job, data, plan) for job in jobs])["lstm"]
+    jobs = partitions.fit_jobs(spec, plan)
+    return partitions.fits_by_cell(plan, [partitions.fit_network(job, data, plan, cores) for job in jobs])["lstm"]
 
 
 # ------------------------------------------------------------------------------------------------ assignment
@@ -141,18 +141,18 @@ def test_each_partition_trains_on_its_own_series_windows_alone(data: WindowedDat
 
 
 def test_one_partition_is_todays_training_exactly(data: WindowedData) -> None:
-    """K = 1 is the default and plans no partition fits; and a single partition's network, through the partitioned
-    path, has the weights and forecasts of the network trained on every series."""
+    """K = 1 is the default: one network per cell, through the same tasks, with the weights and forecasts of the
+    network trained on every series."""
     assert with_partition(RunSpec(), partitions=1) == RunSpec()
     plan = plan_partitions(data.panel.series_ids, 1)
-    assert partitions.partition_jobs(SMALL, plan, 1) == []
-    job = partitions.PartitionJob(SMALL.train_config("lstm"), 0, "all", 1)
-    alone = partitions.fit_partition(job, data, plan)
+    assert [job.label for job in partitions.fit_jobs(SMALL, plan)] == ["lstm-series"]
+    kept = fits_of(SMALL, data)
     whole = fit_forecaster(data, SMALL.train_config("lstm"))
-    state, again = alone.fit.model.state_dict(), whole.model.state_dict()
+    fit = partitions.cell_fit(kept, SMALL.train_config("lstm"))
+    state, again = fit.model.state_dict(), whole.model.state_dict()
     assert all(torch.equal(state[name], again[name]) for name in state)
-    combined = partitions.combine_fits(partitions.CellPartitions(plan, [alone]), SMALL.train_config("lstm"))
-    assert combined.best_val_loss == whole.best_val_loss
+    assert fit.best_val_loss == whole.best_val_loss
+    combined = partitions.combine_fits(kept, SMALL.train_config("lstm"))  # the routing model of one network
     series, positions = data.window_index(data.test_starts)
     assert len(series) >= 64, "whole batches: the plain network is not padded"
     routed = forecast_origins(candidate_forecaster(combined, data), data.panel, series, positions)
@@ -160,14 +160,34 @@ def test_one_partition_is_todays_training_exactly(data: WindowedData) -> None:
     np.testing.assert_array_equal(routed, plain)
 
 
+def test_scaling_auto_trains_each_try_as_its_own_task_and_keeps_what_fit_forecaster_keeps(data: WindowedData) -> None:
+    """Scaling "auto" is two jobs, one per try; the one kept is `fit_forecaster`'s choice, with its weights, the
+    tries' losses and the epoch records it reports (each try's under its suffix, then the kept one's plain)."""
+    spec = RunSpec.model_validate({**SMALL.model_dump(), "model": {**SMALL.model.model_dump(), "scaling": "auto"}})
+    plan = plan_partitions(data.panel.series_ids, 1)
+    assert [job.label for job in partitions.fit_jobs(spec, plan)] == ["lstm-series", "lstm-last"]
+    kept = fits_of(spec, data)
+    records: list[dict[str, float]] = []
+    whole = fit_forecaster(data, spec.train_config("lstm"), records.append)
+    fit = partitions.cell_fit(kept, spec.train_config("lstm"))
+    assert fit.config.scaling == whole.config.scaling
+    state, again = fit.model.state_dict(), whole.model.state_dict()
+    assert all(torch.equal(state[name], again[name]) for name in state)
+    assert fit.extra["scaling_val_loss"] == whole.extra["scaling_val_loss"]
+    assert sorted(map(sorted, kept.fits[0].epochs)) == sorted(map(sorted, records))
+    steps = partitions.epoch_metrics(kept, fit)
+    assert {"val_loss", "val_loss_series", "val_loss_last"} <= set(steps[1]), "no _p0 suffix with one partition"
+
+
 def test_partitions_side_by_side_give_the_serial_results(data: WindowedData) -> None:
     spec = with_partition(SMALL, partitions=2)
     plan = plan_partitions(data.panel.series_ids, 2)
-    jobs = partitions.partition_jobs(spec, plan, 1)
+    jobs = partitions.fit_jobs(spec, plan)
     assert [job.config.seed for job in jobs] == [0, 1], "seed + partition number"
-    serial = [partitions.fit_partition(job, data, plan) for job in jobs]
+    assert [job.label for job in jobs] == ["lstm-series-hash-0", "lstm-series-hash-1"]
+    serial = [partitions.fit_network(job, data, plan, 1) for job in jobs]
     with ThreadPoolExecutor(2) as pool:
-        side_by_side = list(pool.map(lambda job: partitions.fit_partition(job, data, plan), jobs))
+        side_by_side = list(pool.map(lambda job: partitions.fit_network(job, data, plan, 1), jobs))
     for one, other in zip(serial, side_by_side, strict=True):
         state, again = one.fit.model.state_dict(), other.fit.model.state_dict()
         assert all(torch.equal(state[name], again[name]) for name in state)
