@@ -10,6 +10,7 @@ default (SEQCAST_RAY_ADDRESS), which is what a deployment's flow run gets.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
@@ -189,8 +190,10 @@ def train_flow(
     with runners.training_resources():
         fit_futures = [partitions.fit_network_task.submit(fit_job, data, plan, cores) for fit_job in fit_jobs]
     trained = partitions.fits_by_cell(plan, runners.results_in_order(fit_futures))
-    with runners.training_resources():
-        futures = [candidate_task.submit(job, data, frame, trained.get(job.candidate)) for job in jobs]
+    futures = []
+    for job in jobs:  # a warm start trains in its candidate's task (it asks for a GPU); the others only evaluate
+        with runners.training_resources() if job.initial_state is not None else contextlib.nullcontext():
+            futures.append(candidate_task.submit(job, data, frame, trained.get(job.candidate)))
     results = runners.results_in_order(futures)  # all finished, in the cells' order
     evaluations = {r.name: r.evaluation for r in results}
     candidates = [CandidateSummary(r.name, r.run_id, r.model_uri, r.evaluation.metrics()) for r in results]

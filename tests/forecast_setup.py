@@ -1,6 +1,7 @@
 """What the forecast and backfill tests share: a tiny LSTM trained and registered once per test module, and
 the synthetic hourly observations it forecasts, ingested into each test's database (SQLite and PostgreSQL); and
-what the train flow's tests share: the TINY run spec, the electricity sample, the `train_env` settings.
+what the train flow's tests share: the TINY run spec, the electricity sample, the `train_env` settings, the
+Prefect task runs of a run's network fits.
 
 Loaded for every test by `pytest_plugins` in tests/conftest.py, so the fixtures `model`, `env` and `train_env` are
 defined once.
@@ -8,9 +9,11 @@ defined once.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -153,3 +156,25 @@ def forecasts(url: str) -> pd.DataFrame:
 
 def at(hours: int) -> pd.Timestamp:
     return START + pd.Timedelta(hours=hours)
+
+
+def network_runs(summary: Any) -> dict[str, tuple[float, float]]:
+    """{task run name: (start, end) in seconds} of the flow run's network fits (`train-network` tasks)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.flow_run_id])), limit=200
+        )
+    return {
+        run.name: (run.start_time.timestamp(), run.end_time.timestamp())
+        for run in runs
+        if run.task_key.startswith("fit_network_task") and run.start_time and run.end_time
+    }
+
+
+def any_overlap(spans: dict[str, tuple[float, float]]) -> bool:
+    """Whether any two of the (start, end) spans ran at the same time."""
+    ordered = sorted(spans.values())
+    return any(end > later[0] for (_, end), later in itertools.pairwise(ordered))

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from forecast_setup import TINY
+from forecast_setup import TINY, any_overlap, network_runs
 from forecast_setup import electricity as _electricity
 
 from tasks import registry, runners, store
@@ -52,22 +52,6 @@ def load_candidate(model_uri: str, folder: Path) -> Any:
 
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
     return load_forecaster(root / "artifacts" / "forecaster")
-
-
-def network_runs(summary: Any) -> dict[str, tuple[float, float]]:
-    """{task run name: (start, end) in seconds} of the flow run's network fits (`train-network` tasks)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.flow_run_id])), limit=200
-        )
-    return {
-        run.name: (run.start_time.timestamp(), run.end_time.timestamp())
-        for run in runs
-        if run.task_key.startswith("fit_network_task") and run.start_time and run.end_time
-    }
 
 
 def overlap(runs: dict[str, Any]) -> float:
@@ -110,9 +94,8 @@ def test_threads_give_the_serial_results_with_candidates_side_by_side(
     networks = {name: network_runs(summary) for name, summary in (("serial", serial), ("threads", threads))}
     expected = {f"train-{cell}-{scaling}" for cell in ("lstm", "gru") for scaling in ("series", "last")}
     assert set(networks["serial"]) == set(networks["threads"]) == expected
-    spans = {name: sorted(found.values()) for name, found in networks.items()}
-    assert all(end <= after[0] for (_, end), after in zip(spans["serial"], spans["serial"][1:], strict=False))
-    assert any(end > after[0] for (_, end), after in zip(spans["threads"], spans["threads"][1:], strict=False))
+    assert not any_overlap(networks["serial"]), "the serial runner trained two networks at once"
+    assert any_overlap(networks["threads"]), "the threads runner trained the networks one after the other"
 
     # where and when they ran: one after the other in one thread, or side by side in two
     serial_runs, thread_runs = candidate_runs(serial), candidate_runs(threads)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from forecast_setup import TINY_REGISTERED, synthetic_frame
+from forecast_setup import TINY_REGISTERED, any_overlap, network_runs, synthetic_frame
 from forecast_setup import electricity as _electricity
 
 from deployments.commands import ray_head, ray_worker
@@ -98,7 +98,9 @@ def test_candidates_train_on_ray_workers_with_the_results_of_a_local_run(
     assert sorted(children) == ["gru", "lstm"]
     nodes = {cell: run.data.tags.get("seqcast.ray_node") for cell, run in children.items()}
     assert all(nodes.values()), f"a candidate did not run in a Ray worker: {nodes}"
-    assert len(set(nodes.values())) == 2, "1 CPU per node: the two candidates ran at once, one on each node"
+    networks = network_runs(on_ray)
+    assert len(networks) == 4, "a task per cell and scaling try"
+    assert any_overlap(networks), "1 CPU on each of two nodes: the networks trained side by side"
     for cell, run in children.items():
         pid = int(run.data.tags["seqcast.worker"].split()[0].rsplit(":", 1)[1])
         assert pid != os.getpid(), f"{cell} ran in the test's process"
