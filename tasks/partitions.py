@@ -18,6 +18,7 @@ same on every runner; with one partition they are those of `fit_forecaster` on e
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,16 @@ from prefect.cache_policies import NO_CACHE
 
 from models.partitions import PartitionedForecaster, PartitionPlan, plan_partitions
 from tasks import runners
-from tasks.train import FitResult, TrainConfig, choose_scaling, cpu_budget, fit_forecaster, scaling_tries, tag_record
+from tasks.train import (
+    FitResult,
+    TrainConfig,
+    announce_tries,
+    choose_scaling,
+    cpu_budget,
+    fit_forecaster,
+    scaling_tries,
+    tag_record,
+)
 
 if TYPE_CHECKING:
     from tasks.evaluate import Evaluation
@@ -46,6 +56,7 @@ class PartitionJob:
     partition: int
     name: str  # the partition's name
     label: str  # the task run's name: "<cell>-<scaling>", then "-<partition name>" when there are several
+    tries: tuple[str, ...] = ()  # every scaling its cell and partition try, when more than one
 
 
 @dataclass
@@ -95,9 +106,11 @@ def fit_jobs(spec: RunSpec, plan: PartitionPlan) -> list[PartitionJob]:
     for cell in spec.model.cells:
         for k, name in enumerate(plan.names):
             config = spec.train_config(cell).model_copy(update={"seed": spec.training.seed + k})
-            for scaling in scaling_tries(config):
+            tries = scaling_tries(config)
+            for scaling in tries:
                 label = f"{cell}-{scaling}" + (f"-{name}" if plan.count > 1 else "")
-                jobs.append(PartitionJob(config.model_copy(update={"scaling": scaling}), k, name, label))
+                several = tries if len(tries) > 1 else ()
+                jobs.append(PartitionJob(config.model_copy(update={"scaling": scaling}), k, name, label, several))
     return jobs
 
 
@@ -108,8 +121,11 @@ def fit_network(job: PartitionJob, data: WindowedData, plan: PartitionPlan, core
     members = plan.members(job.partition)
     subset = data if plan.count == 1 else partition_windows(data, members)
     epochs: list[dict[str, float]] = []
+    if job.tries and job.config.scaling == job.tries[0]:  # one INFO line per network, its tries' at DEBUG
+        announce_tries(subset, job.config, job.tries, "as tasks of their own")
     with cpu_budget(cores or runners.worker_cores()):
-        fit = fit_forecaster(subset, job.config, epochs.append)
+        level = logging.DEBUG if job.tries else logging.INFO
+        fit = fit_forecaster(subset, job.config, epochs.append, level=level)
     return PartitionFit(
         partition=job.partition,
         name=job.name,

@@ -15,7 +15,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -290,6 +290,7 @@ def fit_forecaster(
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
     initial_state: dict[str, torch.Tensor] | None = None,
+    level: int = logging.INFO,
 ) -> FitResult:
     """Train a forecaster on `data.train_starts`, early-stopping on `data.val_starts`; returns it on CPU.
 
@@ -298,17 +299,17 @@ def fit_forecaster(
 
     `on_epoch(record)` is called after every epoch with {epoch, train_loss, val_loss, seconds, learning_rate}
     (e.g. `tasks.registry.epoch_logger(run_id)` logs them to MLflow); each epoch is also a DEBUG log line and a
-    `tasks.progress.EpochProgress` event (the CLI's progress bar), and each candidate one INFO line when it starts
-    and one when it ends. Raises `TrainingDivergedError` on a NaN, infinite or exploding loss. With scaling "auto"
-    see `fit_auto_scaling`.
+    `tasks.progress.EpochProgress` event (the CLI's progress bar), and each network one line when it starts and
+    one when it ends, at `level` (DEBUG for one try of several, tasks/partitions.py). Raises
+    `TrainingDivergedError` on a NaN, infinite or exploding loss. With scaling "auto" see `fit_auto_scaling`.
     """
     if initial_state is not None:
         if config.scaling == "auto":
             raise ValueError("a warm start continues one network: give its concrete scaling, not 'auto'")
-        return _fit(data, config, on_epoch, initial_state=initial_state)
+        return _fit(data, config, on_epoch, level, initial_state)
     if config.scaling == "auto":
         return fit_auto_scaling(data, config, on_epoch)
-    return _fit(data, config, on_epoch)
+    return _fit(data, config, on_epoch, level)
 
 
 def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCallback | None = None) -> FitResult:
@@ -335,18 +336,8 @@ def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCal
     device = resolve_device(config.device)
     one_thread = config.num_threads == 1 or (config.num_threads is None and _small_steps(config))
     side_by_side = device.type == "cpu" and config.dropout == 0.0 and one_thread  # whatever the `cpu_budget`
-    run_logger(__name__).info(
-        "training %s %dx%d on %s, scalings %s%s: %d train / %d validation windows, batch %d",
-        config.cell,
-        config.num_layers,
-        config.hidden_size,
-        device,
-        " and ".join(AUTO_SCALINGS),
-        " side by side (1 thread each)" if side_by_side else " one after the other",
-        len(data.train_starts),
-        len(data.val_starts),
-        config.effective_batch_size,
-    )
+    how = "side by side (1 thread each)" if side_by_side else "one after the other"
+    announce_tries(data, config, AUTO_SCALINGS, how)
     if side_by_side:  # one thread each on their own core: the second try costs little wall time
         with _cpu_threads(1), ThreadPoolExecutor(len(AUTO_SCALINGS), thread_name_prefix="seqcast-fit") as pool:
             futures = {s: pool.submit(contextvars.copy_context().run, fit_one, s) for s in AUTO_SCALINGS}
@@ -356,6 +347,22 @@ def fit_auto_scaling(data: WindowedData, config: TrainConfig, on_epoch: EpochCal
     best = choose_scaling(fits, on_epoch)
     best.seconds = time.perf_counter() - started
     return best
+
+
+def announce_tries(data: WindowedData, config: TrainConfig, tries: Sequence[str], how: str) -> None:
+    """The one INFO line for a network trained with several scalings (each try's own lines are DEBUG)."""
+    run_logger(__name__).info(
+        "training %s %dx%d on %s, scalings %s %s: %d train / %d validation windows, batch %d",
+        config.cell,
+        config.num_layers,
+        config.hidden_size,
+        resolve_device(config.device),
+        " and ".join(tries),
+        how,
+        len(data.train_starts),
+        len(data.val_starts),
+        config.effective_batch_size,
+    )
 
 
 def scaling_tries(config: TrainConfig) -> tuple[Scaling, ...]:
