@@ -189,7 +189,8 @@ def train_flow(
     cores = runners.cores_per_task(len(fit_jobs))
     with runners.training_resources():
         fit_futures = [partitions.fit_network_task.submit(fit_job, data, plan, cores) for fit_job in fit_jobs]
-    trained = partitions.fits_by_cell(plan, runners.results_in_order(fit_futures))
+    outcomes = runners.outcomes_in_order(fit_futures)  # a failed network fails its candidate, not the others
+    trained = partitions.fits_by_cell(plan, fit_jobs, outcomes)
     futures = []
     for job in jobs:  # a warm start trains in its candidate's task (it asks for a GPU); the others only evaluate
         with runners.training_resources() if job.initial_state is not None else contextlib.nullcontext():

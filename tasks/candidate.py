@@ -68,10 +68,13 @@ class CandidateResult:
 
 
 def run_candidate(
-    job: CandidateJob, data: WindowedData, frame: pd.DataFrame, trained: partitions.CellPartitions | None = None
+    job: CandidateJob,
+    data: WindowedData,
+    frame: pd.DataFrame,
+    trained: partitions.CellPartitions | Exception | None = None,
 ) -> CandidateResult:
-    """Train (or, given its `trained` partition networks, combine), evaluate and log one candidate in its own MLflow
-    child run (see the module's docstring)."""
+    """Keep its `trained` networks (or train them: a warm start), evaluate and log one candidate in its own MLflow
+    child run (see the module's docstring). `trained` an error: a network of the cell failed, and so does the run."""
     import mlflow
 
     started = time.time()
@@ -94,7 +97,7 @@ def _train_and_log(
     run_id: str,
     data: WindowedData,
     frame: pd.DataFrame,
-    trained: partitions.CellPartitions | None,
+    trained: partitions.CellPartitions | Exception | None,
 ) -> tuple[str, evaluate.Evaluation]:
     cell = job.config.cell
     fit = _fit(job, run_id, data, trained)
@@ -125,7 +128,7 @@ def _train_and_log(
             level=job.level,
         )
         figures.append(plots.plot_mae_by_step_task(scores, Path(plots_dir)))
-        if trained is not None and trained.plan.count > 1:
+        if isinstance(trained, partitions.CellPartitions) and trained.plan.count > 1:
             table = Path(plots_dir) / "partitions.csv"
             partitions.partition_table(trained, scores).to_csv(table, index=False)
             registry.log_artifacts(run_id, [table])
@@ -134,9 +137,13 @@ def _train_and_log(
     return model_uri, scores
 
 
-def _fit(job: CandidateJob, run_id: str, data: WindowedData, trained: partitions.CellPartitions | None) -> FitResult:
+def _fit(
+    job: CandidateJob, run_id: str, data: WindowedData, trained: partitions.CellPartitions | Exception | None
+) -> FitResult:
     """The candidate's network: trained here on every series, or its partitions' networks combined (their epochs
     logged to the run, step = epoch)."""
+    if isinstance(trained, Exception):
+        raise trained
     if trained is None:
         return train_candidate_task(data, job.config, registry.epoch_logger(run_id), job.initial_state)
     fit = partitions.cell_fit(trained, job.config)
@@ -147,7 +154,10 @@ def _fit(job: CandidateJob, run_id: str, data: WindowedData, trained: partitions
 
 @task(name="make-candidate", task_run_name="make-candidate-{job.candidate}", cache_policy=NO_CACHE)
 def candidate_task(
-    job: CandidateJob, data: WindowedData, frame: pd.DataFrame, trained: partitions.CellPartitions | None = None
+    job: CandidateJob,
+    data: WindowedData,
+    frame: pd.DataFrame,
+    trained: partitions.CellPartitions | Exception | None = None,
 ) -> CandidateResult:
     """Prefect wrapper of `run_candidate`; not retried as a whole (its MLflow steps retry on their own)."""
     return run_candidate(job, data, frame, trained)

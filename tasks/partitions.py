@@ -140,15 +140,25 @@ def fit_network(job: PartitionJob, data: WindowedData, plan: PartitionPlan, core
     )
 
 
-def fits_by_cell(plan: PartitionPlan, fits: Sequence[PartitionFit]) -> dict[str, CellPartitions]:
-    """Each cell's partition fits, in partition order, each partition's scaling tries reduced to the one kept."""
+def fits_by_cell(
+    plan: PartitionPlan, jobs: Sequence[PartitionJob], outcomes: Sequence[PartitionFit | Exception]
+) -> dict[str, CellPartitions | Exception]:
+    """Each cell's partition fits (the jobs' `outcomes`), in partition order, each partition's scaling tries reduced
+    to the one kept; or the cell's first failed fit's error, which its candidate raises, so the other cells'
+    candidates still finish."""
     tries: dict[str, dict[int, list[PartitionFit]]] = {}
-    for fit in fits:
-        tries.setdefault(fit.fit.train_config.cell, {}).setdefault(fit.partition, []).append(fit)
-    return {
+    failed: dict[str, Exception] = {}
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            failed.setdefault(job.config.cell, outcome)
+        else:
+            tries.setdefault(job.config.cell, {}).setdefault(job.partition, []).append(outcome)
+    kept: dict[str, CellPartitions | Exception] = {
         cell: CellPartitions(plan, [_kept_try(by_partition[k]) for k in sorted(by_partition)])
         for cell, by_partition in tries.items()
+        if cell not in failed
     }
+    return kept | failed
 
 
 def _kept_try(tries: list[PartitionFit]) -> PartitionFit:

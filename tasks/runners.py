@@ -175,3 +175,17 @@ def results_in_order(futures: Sequence[PrefectFuture[R]]) -> list[R]:
 
     wait(list(futures))
     return [future.result() for future in futures]
+
+
+def outcomes_in_order(futures: Sequence[PrefectFuture[R]]) -> list[R | Exception]:
+    """Wait for every future, then each one's result, or the exception it failed with, in submission order."""
+    from prefect.futures import wait
+
+    wait(list(futures))
+    outcomes: list[R | Exception] = []
+    for future in futures:
+        try:
+            outcomes.append(future.result())
+        except Exception as exc:  # the caller decides what a failed task stops
+            outcomes.append(exc)
+    return outcomes

@@ -62,7 +62,9 @@ def fits_of(spec: RunSpec, data: WindowedData, cores: int = 1) -> partitions.Cel
     """Every partition of the spec's one cell trained one after the other."""
     plan = plan_partitions(data.panel.series_ids, spec.partition.partitions, spec.partition.partition_groups)
     jobs = partitions.fit_jobs(spec, plan)
-    return partitions.fits_by_cell(plan, [partitions.fit_network(job, data, plan, cores) for job in jobs])["lstm"]
+    cell = partitions.fits_by_cell(plan, jobs, [partitions.fit_network(job, data, plan, cores) for job in jobs])["lstm"]
+    assert isinstance(cell, partitions.CellPartitions)
+    return cell
 
 
 # ------------------------------------------------------------------------------------------------ assignment

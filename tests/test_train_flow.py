@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -116,17 +117,18 @@ def test_a_training_failure_marks_its_mlflow_runs_failed_and_registers_nothing(
     train_env: str, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A diverged GRU after a finished LSTM: the parent and the GRU run end FAILED, the LSTM run stays FINISHED."""
+    import tasks.partitions
     import tasks.train
     from flows.train import train_flow
 
     real_fit = tasks.train.fit_forecaster
 
-    def diverge_on_gru(data, config, on_epoch=None, initial_state=None):  # type: ignore[no-untyped-def]
+    def diverge_on_gru(data, config, on_epoch=None, initial_state=None, level=logging.INFO):  # type: ignore[no-untyped-def]
         if config.cell == "gru":
             raise tasks.train.TrainingDivergedError("gru training diverged at epoch 1: train loss nan")
-        return real_fit(data, config, on_epoch, initial_state)
+        return real_fit(data, config, on_epoch, initial_state, level)
 
-    monkeypatch.setattr(tasks.train, "fit_forecaster", diverge_on_gru)
+    monkeypatch.setattr(tasks.partitions, "fit_forecaster", diverge_on_gru)  # where the flow's networks train
     store.upsert_observations(store.get_engine(db_url), _electricity())
     with pytest.raises(tasks.train.TrainingDivergedError, match="gru training diverged"):
         train_flow(TINY)
