@@ -104,7 +104,8 @@ def test_candidates_train_on_ray_workers_with_the_results_of_a_local_run(
     for cell, run in children.items():
         pid = int(run.data.tags["seqcast.worker"].split()[0].rsplit(":", 1)[1])
         assert pid != os.getpid(), f"{cell} ran in the test's process"
-        assert "ray" in _cmdline(pid).lower() or not Path(f"/proc/{pid}").exists(), _cmdline(pid)
+        command = _cmdline(pid)  # empty once the worker exits (a zombie keeps its /proc entry a moment)
+        assert not command or "ray" in command.lower(), command
     assert all("seqcast.ray_node" not in run.data.tags for run in _children(local).values())
     parent = registry.get_client().get_run(on_ray.parent_run_id)
     assert parent.data.tags["seqcast.task_runner"] == f"ray ({ray_cluster})"
